@@ -1,0 +1,26 @@
+"""One shared rich console and progress-bar helper; library code never calls print()."""
+
+from __future__ import annotations
+
+import os
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+CONSOLE = Console(width=120, stderr=False)
+
+
+def progress(transient: bool = False) -> Progress:
+    """A progress bar with count, elapsed and remaining time. Disabled on non-zero ranks of a distributed run."""
+    disable = int(os.environ.get("RANK", "0")) != 0
+    return Progress(
+        TextColumn("[bold blue]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=CONSOLE,
+        transient=transient,
+        disable=disable,
+    )

@@ -1,0 +1,72 @@
+"""What made an artifact: stage, resolved config, seed, code version, library versions, input fingerprints."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any, Mapping
+
+from pcas_cli import __version__
+from pcas_cli.errors import PcasError
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """`<package version>+g<git sha>[.dirty]` when run from a git checkout, else the package version."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                             text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "pcas_cli"],
+                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        return f"{__version__}+g{sha}" + (".dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+
+
+@functools.lru_cache(maxsize=1)
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for name in ("torch", "timm", "torchaudio", "numpy", "h5py"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def make_provenance(stage: str, config: Mapping[str, Any], seed: int | None,
+                    inputs: Mapping[str, str]) -> dict[str, Any]:
+    """Provenance record stored in every artifact (HDF5 root attribute / checkpoint key).
+
+    Args:
+        inputs: input name (e.g. "features/train.h5") -> that input's fingerprint (its `artifact_id`).
+    """
+    return {
+        "stage": stage,
+        "config": dict(config),
+        "seed": seed,
+        "code_version": code_version(),
+        "libraries": library_versions(),
+        "inputs": dict(inputs),
+    }
+
+
+def check_inputs(artifact: Path | str, recorded: Mapping[str, str], current: Mapping[str, str]) -> None:
+    """Refuse stale inputs: each input `artifact` was made from must still have the fingerprint recorded then."""
+    for name, fp in current.items():
+        if name in recorded and recorded[name] != fp:
+            raise PcasError(
+                f"{artifact}: stale input: it was made from {name} {recorded[name][:12]}, but that file is now "
+                f"{fp[:12]}; rerun the stage that makes {artifact} (make does this for you)"
+            )
+
+
+def hash_json(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
