@@ -87,6 +87,10 @@ def _build(cls: type[T], values: Mapping[str, Any], where: str) -> T:
     if unknown:
         raise PcasError(f"{where}: unknown key(s) {unknown}; known: {sorted(types_)}")
     kwargs = {k: _coerce(v, types_[k], f"{where}.{k}") for k, v in values.items()}
+    required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING and f.name not in kwargs]
+    if required:
+        raise PcasError(f"{where}: missing required setting(s) {required}")
     return cls(**kwargs)
 
 

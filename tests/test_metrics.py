@@ -1,0 +1,243 @@
+"""Official AVSBench metrics on tiny hand-computed arrays (pcas_cli.metrics)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pcas_cli.metrics import (BinaryFScore, BinaryMIoU, SemanticScores, binarize, binary_iou, fscore_curves,
+                              official_thresholds, semantic_frame_counts)
+
+F_13_23 = 0.65 / 1.15  # F with precision 1/2 and recall 1 (beta^2 = 0.3) = 13/23
+
+
+def frames(*rows: list) -> np.ndarray:
+    return np.array(rows)
+
+
+# ---------------------------------------------------------------------------------------------------------------- mIoU
+
+def test_binary_iou_hand_computed():
+    pred = frames([[1, 1], [0, 0]], [[1, 0], [0, 0]], [[0, 0], [0, 0]], [[0, 0], [0, 0]])
+    gt = frames([[1, 0], [0, 0]], [[0, 0], [0, 0]], [[0, 0], [0, 0]], [[1, 1], [0, 1]])
+    iou = binary_iou(pred, gt)
+    # inter 1 / union 2; empty GT: 3 of 4 pixels correctly background; empty GT, empty pred: 4/4; missed object: 0.
+    assert iou == pytest.approx([0.5, 0.75, 1.0, 0.0], abs=1e-6)
+    assert iou[0] == 1 / (2 + 1e-7)
+
+
+def test_binary_iou_refuses_probabilities():
+    with pytest.raises(ValueError, match="binarize"):
+        binary_iou(np.full((1, 2, 2), 0.7), np.ones((1, 2, 2), np.uint8))
+    assert binarize(np.array([0.5, 0.50001, 0.9])).tolist() == [False, True, True]  # strictly > 0.5
+
+
+def test_binary_miou_batch_protocol_and_chunking():
+    # Frame IoUs 1, 0, 0: batches of 2 are [1, 0] -> 0.5 and the partial [0] -> 0, so the official value is 0.25,
+    # while the per-frame mean is 1/3.
+    gt = frames([[1, 0]], [[1, 0]], [[1, 0]])
+    pred = frames([[1, 0]], [[0, 1]], [[0, 1]])
+    whole = BinaryMIoU(batch_frames=2)
+    whole.update(pred, gt)
+    chunked = BinaryMIoU(batch_frames=2)
+    chunked.update(pred[:1], gt[:1])
+    chunked.update(pred[1:], gt[1:])
+    for acc in (whole, chunked):
+        r = acc.result()
+        assert r["miou"] == pytest.approx(0.25, abs=1e-6)
+        assert r["miou_per_frame"] == pytest.approx(1 / 3, abs=1e-6)
+        assert r["batches"] == 2
+    full = BinaryMIoU(batch_frames=1)
+    full.update(pred, gt)
+    assert full.result()["miou"] == pytest.approx(1 / 3, abs=1e-6)
+
+
+def test_binary_miou_empty_is_zero():
+    acc = BinaryMIoU()
+    acc.update(np.zeros((0, 2, 2), np.uint8), np.zeros((0, 2, 2), np.uint8))
+    assert acc.result() == {"miou": 0.0, "miou_per_frame": 0.0, "batches": 0}
+
+
+# ------------------------------------------------------------------------------------------------------------- F-score
+
+def test_thresholds_are_the_official_float32_linspace():
+    thr = official_thresholds()
+    assert thr.dtype == np.float32 and thr.shape == (255,)
+    assert thr[0] == 0.0 and thr[-1] == 1.0  # 1 - 1e-10 rounds to 1.0 in float32
+    assert thr[127] == 0.5
+    torch = pytest.importorskip("torch")
+    ref = torch.linspace(0, 1 - 1e-10, 255).numpy()
+    assert np.abs(thr.view(np.int32) - ref.view(np.int32)).max() <= 1  # at most one float32 ulp apart
+
+
+def test_fscore_curve_hand_computed_2x2():
+    prob = np.array([[[0.9, 0.6], [0.3, 0.1]]])
+    gt = np.array([[[1, 0], [1, 0]]])
+    curves, nonempty = fscore_curves(prob, gt)
+    assert nonempty.tolist() == [True]
+    f = curves[0]
+    # t = 0 and t = 20/254 = 0.079: all four pixels positive, TP 2: prec 1/2, rec 1 -> 13/23.
+    assert f[0] == pytest.approx(F_13_23) and f[20] == pytest.approx(F_13_23)
+    # t = 26/254 = 0.102: {0.9, 0.6, 0.3}, TP 2: prec 2/3, rec 1 -> 1.3 * 2/3 / (0.2 + 1) = 13/18.
+    assert f[26] == pytest.approx(13 / 18)
+    # t = 100/254 = 0.394: {0.9, 0.6}, TP 1: prec 1/2, rec 1/2 -> 1/2.
+    assert f[100] == pytest.approx(0.5)
+    # t = 200/254 = 0.787: {0.9}, TP 1: prec 1, rec 1/2 -> 0.65 / 0.8.
+    assert f[200] == pytest.approx(0.8125)
+    # t = 1.0: nothing positive: 0/0 -> NaN -> 0.
+    assert f[254] == 0.0
+    assert f.max() == pytest.approx(0.8125)
+    acc = BinaryFScore()
+    acc.update(prob, gt)
+    assert acc.result()["fscore"] == pytest.approx(0.8125)
+
+
+def test_fscore_last_threshold_keeps_probability_one():
+    # With float32 thresholds the last one is exactly 1.0, and p >= 1.0 still counts (an official quirk).
+    curves, _ = fscore_curves(np.array([[[1.0, 0.0]]]), np.array([[[1, 0]]]))
+    assert curves[0, 254] == pytest.approx(1.0)
+
+
+def _reference_curves(prob: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """A deliberately naive loop over frames and thresholds (the official algorithm, written independently)."""
+    thr = official_thresholds()
+    out = np.zeros((len(prob), len(thr)))
+    for n in range(len(prob)):
+        g = gt[n].astype(np.float64)
+        for i, t in enumerate(thr):
+            p = (prob[n].astype(np.float32) >= t).astype(np.float64)
+            tp = (p * g).sum()
+            prec, rec = tp / (p.sum() + 1e-20), tp / (g.sum() + 1e-20)
+            with np.errstate(invalid="ignore"):
+                f = 1.3 * prec * rec / (0.3 * prec + rec)
+            out[n, i] = 0.0 if np.isnan(f) else f
+    return out
+
+
+def test_fscore_curves_match_naive_loop():
+    rng = np.random.default_rng(0)
+    prob = rng.random((3, 6, 5)).astype(np.float16)
+    prob[0, 0, 0] = 1.0
+    gt = rng.random((3, 6, 5)) > 0.6
+    curves, nonempty = fscore_curves(prob, gt)
+    assert nonempty.all()
+    np.testing.assert_allclose(curves, _reference_curves(prob, gt), rtol=1e-12, atol=1e-12)
+
+
+# Two 1x2 frames whose F curves peak at different thresholds:
+# A: prob [0.8, 0.2], gt [1, 0]: F = 13/23 for t <= 0.2, 1 for 0.2 < t <= 0.8, 0 above.
+# B: prob [0.8, 0.2], gt [0, 1]: F = 13/23 for t <= 0.2, 0 above.
+PROB_AB = np.array([[[0.8, 0.2]], [[0.8, 0.2]]])
+GT_AB = np.array([[[1, 0]], [[0, 1]]])
+
+
+def test_official_fscore_depends_on_batch_size():
+    per_frame = BinaryFScore(batch_frames=1)
+    per_frame.update(PROB_AB, GT_AB)
+    r1 = per_frame.result()
+    assert r1["fscore"] == pytest.approx((1 + F_13_23) / 2)  # max 1 and max 13/23, averaged = 18/23
+    assert r1["batches"] == 2
+    together = BinaryFScore(batch_frames=2)
+    together.update(PROB_AB, GT_AB)
+    r2 = together.result()
+    # Mean curve: 13/23 for t <= 0.2, 1/2 for 0.2 < t <= 0.8 -> max 13/23.
+    assert r2["fscore"] == pytest.approx(F_13_23)
+    assert r2["batches"] == 1
+    # The batch-independent variant is the whole-set curve's max whatever the batch size.
+    assert r1["fscore_batch_independent"] == pytest.approx(F_13_23)
+    assert r2["fscore_batch_independent"] == pytest.approx(F_13_23)
+
+
+def test_fscore_partial_last_batch_and_chunked_updates():
+    prob = np.concatenate([PROB_AB, PROB_AB[:1]])  # A, B, A
+    gt = np.concatenate([GT_AB, GT_AB[:1]])
+    whole = BinaryFScore(batch_frames=2)
+    whole.update(prob, gt)
+    chunked = BinaryFScore(batch_frames=2)
+    for i in range(3):
+        chunked.update(prob[i:i + 1], gt[i:i + 1])
+    for acc in (whole, chunked):
+        r = acc.result()
+        assert r["batches"] == 2  # [A, B] -> 13/23 and the partial [A] -> 1
+        assert r["fscore"] == pytest.approx((F_13_23 + 1) / 2)
+
+
+def test_fscore_empty_gt_frames_skipped_but_all_empty_batch_counts_zero():
+    empty_gt = np.zeros((1, 1, 2), np.uint8)
+    prob = np.concatenate([PROB_AB[:1], PROB_AB[:1]])  # A, then a frame with an empty ground truth
+    gt = np.concatenate([GT_AB[:1], empty_gt])
+    acc = BinaryFScore(batch_frames=1)
+    acc.update(prob, gt)
+    r = acc.result()
+    assert r["fscore"] == pytest.approx(0.5)  # batches [A] -> 1 and [empty] -> 0
+    assert r["nonempty_frames"] == 1
+    assert r["fscore_batch_independent"] == pytest.approx(1.0)
+    acc2 = BinaryFScore(batch_frames=2)
+    acc2.update(prob, gt)
+    assert acc2.result()["fscore"] == pytest.approx(1.0)  # the empty frame is skipped inside its batch
+    only_empty = BinaryFScore(batch_frames=2)
+    only_empty.update(prob[1:], empty_gt)
+    assert only_empty.result()["fscore"] == 0.0 and only_empty.result()["batches"] == 1
+
+
+# ------------------------------------------------------------------------------------------------------------ semantic
+
+# 4 classes (0 = background, 3 never occurs). Frame 1: gt [[0,1],[1,1]], pred [[0,1],[0,1]].
+# Frame 2: gt all background, pred [[2,0],[0,0]] (a false positive of class 2, which is never in the GT).
+SEM_GT = np.array([[[0, 1], [1, 1]], [[0, 0], [0, 0]]])
+SEM_PRED = np.array([[[0, 1], [0, 1]], [[2, 0], [0, 0]]])
+
+
+def test_semantic_frame_counts():
+    inter, area_pred, area_gt = semantic_frame_counts(SEM_PRED, SEM_GT, 4)
+    assert inter.tolist() == [[1, 2, 0, 0], [3, 0, 0, 0]]
+    assert area_pred.tolist() == [[2, 2, 0, 0], [3, 0, 1, 0]]
+    assert area_gt.tolist() == [[1, 3, 0, 0], [4, 0, 0, 0]]
+    with pytest.raises(ValueError, match="outside"):
+        semantic_frame_counts(SEM_PRED, SEM_GT, 2)
+
+
+def test_semantic_scores_hand_computed():
+    acc = SemanticScores(4)
+    acc.update(SEM_PRED, SEM_GT)
+    r = acc.result()
+    # count = frames with U > 0: background twice, class 1 once, class 2 once (false positive only), class 3 never.
+    assert r["count"].tolist() == [2, 1, 1, 0]
+    assert r["gt_frames"].tolist() == [2, 1, 0, 0]
+    # Background: frame 1 I=1, U=2 -> 1/2; frame 2 I=3, U=4 -> 3/4. Class 1: I=2, U=3 -> 2/3.
+    iou = [(0.5 + 0.75) / 2, 2 / 3, 0.0, 0.0]
+    np.testing.assert_allclose(r["per_class_iou"], iou, atol=1e-12)
+    # F: background frame 1 P=1/2, R=1 -> 13/23; frame 2 P=1, R=3/4 -> 13/14. Class 1 P=1, R=2/3 -> 26/29.
+    # Class 2: P = 0, R = 0/0 -> NaN -> 0.
+    f = [(F_13_23 + 13 / 14) / 2, 26 / 29, 0.0, 0.0]
+    np.testing.assert_allclose(r["per_class_fscore"], f, atol=1e-12)
+    assert r["miou"] == pytest.approx(sum(iou) / 4)  # never-present class 3 counts as 0 in the mean
+    assert r["fscore"] == pytest.approx(sum(f) / 4)
+    assert r["miou_present"] == pytest.approx((iou[0] + iou[1]) / 2)  # classes 0 and 1 occur in the GT
+    assert r["fscore_present"] == pytest.approx((f[0] + f[1]) / 2)
+
+
+def test_semantic_scores_do_not_depend_on_batching():
+    one = SemanticScores(4)
+    one.update(SEM_PRED, SEM_GT)
+    two = SemanticScores(4)
+    two.update(SEM_PRED[1:], SEM_GT[1:])
+    two.update(SEM_PRED[:1], SEM_GT[:1])
+    assert one.result()["miou"] == two.result()["miou"]
+    assert one.result()["fscore"] == two.result()["fscore"]
+
+
+def test_semantic_padded_frame_changes_scores():
+    # A padded frame (all-background GT) predicted all background adds a perfect background frame.
+    acc = SemanticScores(4)
+    acc.update(SEM_PRED, SEM_GT)
+    acc.update(np.zeros((1, 2, 2), np.int64), np.zeros((1, 2, 2), np.int64))
+    r = acc.result()
+    assert r["count"].tolist() == [3, 1, 1, 0]
+    assert r["per_class_iou"][0] == pytest.approx((0.5 + 0.75 + 1.0) / 3)
+    assert r["miou"] == pytest.approx((0.75 + 2 / 3) / 4)
+
+
+def test_semantic_empty_result_is_zero():
+    r = SemanticScores(3).result()
+    assert r["miou"] == 0.0 and r["fscore"] == 0.0 and r["miou_present"] == 0.0
