@@ -1,0 +1,279 @@
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pcas_cli.artifacts import ArtifactWriter, read_features, read_predictions, tmp_path_for
+from pcas_cli.config import load_config
+from pcas_cli.crf import CRF_PRESETS, CRFParams, crf_many, dense_crf, dense_crf_present, get_preset, resolve_workers
+from pcas_cli.errors import PcasError
+from pcas_cli.stages.crf import CRFConfig, as_probs, present_channels, run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --- fixtures: a two-colour image with a noisy, misplaced unary -------------------------------------------------------
+
+def _two_colour(h: int = 24, w: int = 24, edge: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    """Left of `edge` black, right white; returns the (H, W, 3) image and the true (H, W) foreground."""
+    image = np.zeros((h, w, 3), np.uint8)
+    image[:, edge:] = 255
+    truth = np.zeros((h, w), np.int64)
+    truth[:, edge:] = 1
+    return image, truth
+
+
+def _noisy_fg(h: int, w: int, edge: int, shift: int, seed: int) -> np.ndarray:
+    """Foreground probability 0.6 right of (edge - shift), 0.4 left of it, plus noise: boundary off by `shift`."""
+    rng = np.random.default_rng(seed)
+    fg = np.full((h, w), 0.4)
+    fg[:, edge - shift:] = 0.6
+    return np.clip(fg + rng.normal(0.0, 0.15, (h, w)), 0.02, 0.98)
+
+
+def _binary_probs(fg: np.ndarray) -> np.ndarray:
+    return np.stack([1.0 - fg, fg]).astype(np.float32)  # (2, H, W)
+
+
+# --- presets ------------------------------------------------------------------------------------------------------
+
+def test_presets_match_reference_values():
+    as_tuple = {name: (p.gauss_sxy, p.gauss_compat, p.bilateral_sxy, p.bilateral_srgb, p.bilateral_compat,
+                       p.iterations, p.unary) for name, p in CRF_PRESETS.items()}
+    assert as_tuple == {
+        "toco_cam": (3, 3, 36, 3, 4, 10, "softmax"),
+        "toco_seg": (1, 1, 121, 5, 4, 10, "softmax"),
+        "psa": (3, 3, 80, 13, 10, 10, "softmax"),
+    }
+    with pytest.raises(ValueError, match="known"):
+        get_preset("nope")
+    with pytest.raises(ValueError):
+        CRFParams(1, 1, 1, 1, 1, unary="labels")  # type: ignore[arg-type]
+
+
+def test_scaled_preset_changes_only_spatial_widths():
+    p = CRF_PRESETS["psa"].scaled(0.25)
+    assert (p.gauss_sxy, p.bilateral_sxy) == (0.75, 20.0)
+    assert (p.gauss_compat, p.bilateral_srgb, p.bilateral_compat) == (3, 13, 10)
+    with pytest.raises(ValueError):
+        CRF_PRESETS["psa"].scaled(0.0)
+
+
+# --- dense_crf ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("preset", ["toco_cam", "psa"])
+def test_crf_snaps_misplaced_boundary_to_colour_edge(preset):
+    image, truth = _two_colour()
+    probs = _binary_probs(_noisy_fg(24, 24, 12, shift=3, seed=0))
+    before = (probs.argmax(0) == truth).mean()
+    refined = dense_crf(image, probs, CRF_PRESETS[preset])
+    assert refined.shape == (2, 24, 24) and refined.dtype == np.float32
+    np.testing.assert_allclose(refined.sum(0), 1.0, atol=1e-5)
+    assert before < 0.8
+    assert (refined.argmax(0) == truth).mean() == 1.0
+
+
+def test_crf_non_square_image_width_first():
+    # 16 rows x 40 columns with a vertical edge at column 25: a swapped (H, W) would scramble the layout.
+    image, truth = _two_colour(h=16, w=40, edge=25)
+    probs = _binary_probs(_noisy_fg(16, 40, 25, shift=3, seed=1))
+    refined = dense_crf(image, probs, CRF_PRESETS["toco_cam"])
+    assert (refined.argmax(0) == truth).mean() == 1.0
+
+
+def test_crf_zero_iterations_returns_normalised_unary():
+    image, _ = _two_colour(8, 8, 4)
+    probs = _binary_probs(np.full((8, 8), 0.7))
+    out = dense_crf(image, probs, dataclasses.replace(CRF_PRESETS["psa"], iterations=0))
+    np.testing.assert_allclose(out[1], 0.7, atol=1e-5)  # no message passing: softmax(-unary) = p
+
+
+def test_crf_input_checks_and_single_label():
+    image, _ = _two_colour(8, 8, 4)
+    probs = _binary_probs(np.full((8, 8), 0.5))
+    with pytest.raises(ValueError, match="uint8"):
+        dense_crf(image.astype(np.float32), probs, CRF_PRESETS["psa"])
+    with pytest.raises(ValueError, match="image must be"):
+        dense_crf(image[:, :5], probs, CRF_PRESETS["psa"])
+    assert dense_crf(image, probs[:1], CRF_PRESETS["psa"]).tolist() == np.ones((1, 8, 8)).tolist()
+
+
+def test_dense_crf_present_runs_on_present_channels_only():
+    image, truth = _two_colour()
+    fg = _noisy_fg(24, 24, 12, shift=3, seed=2)
+    probs = np.zeros((4, 24, 24), np.float32)  # background, three classes; class 2 is the sounding one
+    probs[0], probs[2] = 0.9 * (1 - fg), 0.9 * fg
+    probs[1], probs[3] = 0.05, 0.05
+    params = CRF_PRESETS["toco_cam"]
+    out = dense_crf_present(image, probs, [2], params)
+    assert out[1].max() == 0.0 and out[3].max() == 0.0
+    np.testing.assert_array_equal(out[[0, 2]], dense_crf(image, probs[[0, 2]], params))
+    assert (out.argmax(0) == 2 * truth).mean() == 1.0
+    only_bg = dense_crf_present(image, probs, [], params)
+    assert only_bg[0].min() == 1.0 and only_bg[1:].max() == 0.0
+    with pytest.raises(ValueError, match="out of range"):
+        dense_crf_present(image, probs, [4], params)
+
+
+def _many_items(n: int) -> list:
+    items = []
+    for i in range(n):
+        image, _ = _two_colour(20, 20, 6 + i)
+        fg = _noisy_fg(20, 20, 6 + i, shift=2, seed=10 + i)
+        probs = np.zeros((3, 20, 20), np.float32)
+        probs[0], probs[1 + i % 2] = 1 - fg, fg
+        items.append((image, probs, [1 + i % 2] if i % 3 else [1, 2]))
+    return items
+
+
+def test_crf_many_parallel_identical_to_serial():
+    items = _many_items(7)
+    params = CRF_PRESETS["toco_cam"]
+    serial = list(crf_many(iter(items), params, workers=1))
+    parallel = list(crf_many(iter(items), params, workers=2, chunksize=2, prefetch=1))
+    assert len(serial) == len(parallel) == 7
+    for (image, probs, present), a, b in zip(items, serial, parallel):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, dense_crf_present(image, probs, present, params))
+    assert list(crf_many([], params, workers=2)) == []
+
+
+def test_resolve_workers():
+    assert resolve_workers(3) == 3 and resolve_workers(0) >= 1
+    with pytest.raises(ValueError):
+        resolve_workers(-1)
+
+
+# --- stage helpers ------------------------------------------------------------------------------------------------
+
+def test_as_probs_and_present_channels():
+    scores = np.zeros((3, 2, 2), np.float16)
+    scores[1, 0, 0], scores[0, 0, 0] = 3.0, 1.0  # unnormalised -> [0.25, 0.75, 0]
+    p = as_probs(scores)
+    np.testing.assert_allclose(p[:, 0, 0], [0.25, 0.75, 0.0])
+    np.testing.assert_allclose(p[:, 1, 1], [1.0, 0.0, 0.0])  # an all-zero pixel becomes background
+    assert present_channels(p, 0.01) == [1]
+    assert present_channels(p[:1], 0.01) == []
+
+
+# --- the `pcas crf` stage on tiny artifacts -------------------------------------------------------------------------
+
+T, H, W = 2, 16, 16
+CLASSES = ["guitar", "dog"]
+
+
+def _features(path: Path, ids=("c0", "c1", "c2")) -> Path:
+    dims = {"T": T, "H": H, "W": W, "F": 3, "M": 4, "C": len(CLASSES)}
+    meta = {"classes": CLASSES, "task": "semantic"}
+    with ArtifactWriter(path, "features", dims, meta, {"stage": "extract"}) as w:
+        for i, cid in enumerate(ids):
+            image, _ = _two_colour(H, W, 8)
+            w.append(clip_id=cid, subset="v2", frames=np.stack([image] * T), fbank=np.zeros((T, 3, 4)),
+                     labels=np.array([1, 0]), masks=np.zeros((T, H, W)), mask_valid=np.ones(T, bool),
+                     frame_valid=np.array([True, i != 2]), visible=np.zeros((T, H, W)))
+    return path
+
+
+def _predictions(path: Path, ids=("c0", "c1", "c2"), size: int = H, inputs: dict | None = None) -> Path:
+    dims = {"T": T, "K": 1 + len(CLASSES), "H": size, "W": size, "A": len(CLASSES)}
+    meta = {"classes": CLASSES, "audio_classes": CLASSES, "task": "semantic"}
+    prov = {"stage": "pseudo-label", "inputs": inputs if inputs is not None else {}}
+    with ArtifactWriter(path, "predictions", dims, meta, prov) as w:
+        for i, cid in enumerate(ids):
+            scores = np.zeros((T, 3, size, size), np.float32)
+            for t in range(T):
+                fg = _noisy_fg(size, size, size // 2, shift=2, seed=100 + 10 * i + t)
+                scores[t, 0], scores[t, 1] = 1 - fg, fg  # class "dog" (channel 2) absent
+            w.append(clip_id=cid, scores=scores, masks=scores.argmax(1), frame_classes=np.full((T, 2), 0.25 * i))
+    return path
+
+
+@pytest.fixture
+def pair(tmp_path):
+    feats = _features(tmp_path / "features.h5")
+    preds = _predictions(tmp_path / "pseudo.h5")
+    return feats, preds
+
+
+def _cfg(feats: Path, preds: Path, out: Path, **kw) -> CRFConfig:
+    return CRFConfig(features=feats, predictions=preds, out=out, **{"workers": 1, **kw})
+
+
+def test_stage_refines_valid_frames_and_copies_the_rest(pair, tmp_path):
+    feats, preds = pair
+    out = run(_cfg(feats, preds, tmp_path / "crf.h5"))
+    src, dst = read_predictions(preds), read_predictions(out)
+    assert dst.meta == src.meta and dst.dims == src.dims and dst.clip_ids() == ["c0", "c1", "c2"]
+    assert dst.provenance["stage"] == "crf" and dst.provenance["config"]["crf_params"]["bilateral_sxy"] == 36
+    assert set(dst.provenance["inputs"].values()) == {src.artifact_id, read_features(feats).artifact_id}
+    _, truth = _two_colour(H, W, 8)
+    for i in range(3):
+        a, b = src.clip(i), dst.clip(i)
+        np.testing.assert_array_equal(a["frame_classes"], b["frame_classes"])
+        assert b["scores"][:, 2].max() == 0  # the absent class stays absent
+        valid_ts = [0, 1] if i != 2 else [0]
+        for t in valid_ts:
+            assert (a["masks"][t] == truth).mean() < 0.95
+            assert (b["masks"][t] == truth).mean() == 1.0
+            np.testing.assert_array_equal(b["masks"][t], b["scores"][t].astype(np.float32).argmax(0))
+    np.testing.assert_array_equal(dst.clip(2)["scores"][1], src.clip(2)["scores"][1])  # padding frame copied
+    np.testing.assert_array_equal(dst.clip(2)["masks"][1], src.clip(2)["masks"][1])
+
+
+def test_stage_parallel_gives_the_same_artifact(pair, tmp_path):
+    feats, preds = pair
+    a = read_predictions(run(_cfg(feats, preds, tmp_path / "serial.h5", workers=1)))
+    b = read_predictions(run(_cfg(feats, preds, tmp_path / "parallel.h5", workers=2)))
+    # Workers and output path are not part of the provenance, so identical content gives an identical fingerprint.
+    assert a.artifact_id == b.artifact_id
+    for i in range(3):
+        np.testing.assert_array_equal(a.read("scores", i), b.read("scores", i))
+
+
+def test_stage_resumes_an_interrupted_run(pair, tmp_path):
+    feats, preds = pair
+    ref = read_predictions(run(_cfg(feats, preds, tmp_path / "ref.h5")))
+    out = tmp_path / "crf.h5"
+    # An interrupted run with the same provenance left one finished clip; mark it to see that it is kept.
+    w = ArtifactWriter(out, "predictions", ref.dims, ref.meta, ref.provenance)
+    marked = ref.clip(0)
+    marked["masks"] = np.full_like(marked["masks"], 7)
+    w.append(**marked)
+    w.abort(keep_partial=True)
+    assert tmp_path_for(out).exists()
+    got = read_predictions(run(_cfg(feats, preds, out, workers=2)))
+    assert got.read("masks", 0).max() == 7  # continued, not redone
+    for i in (1, 2):
+        np.testing.assert_array_equal(got.read("masks", i), ref.read("masks", i))
+        np.testing.assert_array_equal(got.read("scores", i), ref.read("scores", i))
+    # resume=False (or another provenance) recomputes everything.
+    w = ArtifactWriter(out, "predictions", ref.dims, ref.meta, ref.provenance)
+    w.append(**marked)
+    w.abort(keep_partial=True)
+    again = read_predictions(run(_cfg(feats, preds, out, resume=False)))
+    assert again.artifact_id == ref.artifact_id
+
+
+def test_stage_refuses_mismatched_artifacts(tmp_path):
+    feats = _features(tmp_path / "features.h5")
+    other_ids = _predictions(tmp_path / "ids.h5", ids=("c0", "c1", "zz"))
+    with pytest.raises(PcasError, match=r"ids\.h5.*clip ids differ"):
+        run(_cfg(feats, other_ids, tmp_path / "a.h5"))
+    other_size = _predictions(tmp_path / "size.h5", size=8)
+    with pytest.raises(PcasError, match=r"size\.h5.*H=8"):
+        run(_cfg(feats, other_size, tmp_path / "b.h5"))
+    stale = _predictions(tmp_path / "stale.h5", inputs={str(feats): "0" * 64})
+    with pytest.raises(PcasError, match="stale"):
+        run(_cfg(feats, stale, tmp_path / "c.h5"))
+    with pytest.raises(PcasError, match="preset"):
+        run(_cfg(feats, _predictions(tmp_path / "ok.h5"), tmp_path / "d.h5", preset="nope"))
+    assert not list(tmp_path.glob("[abcd].h5*"))
+
+
+def test_stage_config_file_loads():
+    cfg = load_config(CRFConfig, "crf", REPO / "stages" / "crf.toml", overrides={"workers": 2})
+    assert cfg.preset == "toco_cam" and cfg.workers == 2 and cfg.resume is True
+    assert isinstance(cfg.features, Path)
