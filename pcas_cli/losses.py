@@ -1,0 +1,265 @@
+"""PCAS losses as pure functions on tensors (paper §3; ToCo / SupCon anchors in method-facts §1-§4, §7).
+
+Every loss computes in float32, returns a scalar, and stays finite and differentiable on degenerate input (empty
+batch, no positives, everything ignored): it then returns an exact zero that is still connected to the graph, so
+`loss.backward()` works and gives zero gradients.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+IGNORE = 255  # label of ignored tokens / pixels
+_NEG = -1e9  # finite "minus infinity" for masked logits: exp() underflows to 0 and logsumexp never sees all -inf
+
+
+def _zero(*tensors: Tensor) -> Tensor:
+    """A 0 that keeps the graph (and device / dtype) of the inputs."""
+    return sum((t.sum() * 0.0 for t in tensors), torch.zeros((), device=tensors[0].device)).float()
+
+
+def multilabel_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Multilabel soft margin loss on video-level labels (ToCo classification, method-facts §1).
+
+    Args:
+        logits: (B, C) class scores.
+        targets: (B, C) multi-hot {0, 1}.
+    """
+    if logits.numel() == 0:
+        return _zero(logits)
+    return F.multilabel_soft_margin_loss(logits.float(), targets.float())
+
+
+def audio_mil_loss(frame_logits: Tensor, video_labels: Tensor, second_valid: Tensor, sharpness: float = 5.0) -> Tensor:
+    """Multiple-instance loss training per-second audio classification from video-level labels.
+
+    A class in the video's label set must sound in at least one second; a class absent from the set sounds in none.
+    Both statements are about the *maximum* over seconds, so the clip-level score of class c is a smooth maximum of
+    its per-second logits over the valid seconds, log-sum-exp pooling with sharpness r:
+
+        z_c = (1 / r) * log( (1 / |V|) * sum_{t in V} exp(r * x_{t,c}) )
+
+    which moves from the mean (r -> 0) to the max (r -> inf). A finite r (default 5) sends gradient to every second
+    rather than only the arg-max one, which trains faster early on, while staying close to the max so that one loud
+    second is enough for a present class. The loss is binary cross-entropy with logits between z and the video labels,
+    averaged over clips with at least one valid second and classes; 0 if there is none.
+
+    Args:
+        frame_logits: (B, T, C) per-second logits.
+        video_labels: (B, C) multi-hot {0, 1}.
+        second_valid: (B, T) bool.
+        sharpness: r > 0.
+    """
+    x = frame_logits.float()
+    valid = second_valid.bool()
+    clip_ok = valid.any(dim=1)  # (B,)
+    if not bool(clip_ok.any()):
+        return _zero(frame_logits)
+    x = x.masked_fill(~valid[:, :, None], _NEG)  # (B, T, C): invalid seconds drop out of the pooling
+    n_valid = valid.sum(dim=1).clamp(min=1).float()  # (B,)
+    z = (torch.logsumexp(sharpness * x, dim=1) - torch.log(n_valid)[:, None]) / sharpness  # (B, C)
+    return F.binary_cross_entropy_with_logits(z[clip_ok], video_labels[clip_ok].float())
+
+
+def label_consistency(labels_a: Tensor, labels_b: Tensor) -> Tensor:
+    """Y_ij = 1 if the multi-hot label sets i and j share a class (paper eq. 1): (Na, C), (Nb, C) -> (Na, Nb) float."""
+    return ((labels_a.float() @ labels_b.float().T) > 0).float()
+
+
+def cmc_loss(audio: Tensor, video: Tensor, cls: Tensor, audio_labels: Tensor, video_labels: Tensor,
+             cls_labels: Tensor, temperature: float = 0.1, cross_modal_only: bool = False) -> Tensor:
+    """Cross-Modal Contrast (paper §3.2.1, eq. 1): supervised contrast in the shared semantic space.
+
+    The audio semantic tokens, video semantic tokens and video class tokens are pooled into one set of N anchors.
+    For anchor i, S_ij = cos(z_i, z_j) / tau over all j != i, and the target is row i of the label-consistency
+    matrix Y (1 where the label sets intersect) with self-pairs removed, normalised to sum to 1. The loss of row i is
+    the cross-entropy CE(softmax(S_i), Y_i / sum_j Y_ij) = -(1/|P(i)|) sum_{p in P(i)} log softmax_p(S_i), i.e.
+    SupCon with a multi-label mask (method-facts §7). Rows without positives (e.g. a silent second with an empty
+    label set) are left out of the mean; if no row has a positive the loss is 0.
+
+    Args:
+        audio: (Na, D) audio semantic tokens.
+        video: (Nv, D) video semantic tokens.
+        cls: (Nc, D) video class tokens.
+        audio_labels: (Na, C) multi-hot labels; likewise `video_labels` (Nv, C) and `cls_labels` (Nc, C).
+        temperature: tau.
+        cross_modal_only: contrast each anchor only against tokens of the other two kinds (positives and
+            denominator), leaving same-kind pairs out.
+    """
+    z = F.normalize(torch.cat([audio, video, cls]).float(), dim=-1)  # (N, D)
+    labels = torch.cat([audio_labels, video_labels, cls_labels]).float()  # (N, C)
+    n = z.shape[0]
+    if n < 2:
+        return _zero(audio, video, cls)
+    kind = torch.cat([torch.full((len(t),), k, device=z.device) for k, t in enumerate((audio, video, cls))])  # (N,)
+    allowed = ~torch.eye(n, dtype=torch.bool, device=z.device)  # (N, N): self-pairs excluded
+    if cross_modal_only:
+        allowed &= kind[:, None] != kind[None, :]
+    pos = label_consistency(labels, labels).bool() & allowed  # (N, N)
+    sim = (z @ z.T / temperature).masked_fill(~allowed, _NEG)  # (N, N)
+    log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)  # (N, N)
+    n_pos = pos.sum(dim=1)  # (N,)
+    has_pos = n_pos > 0
+    if not bool(has_pos.any()):
+        return _zero(audio, video, cls)
+    row_loss = -(log_prob * pos).sum(dim=1) / n_pos.clamp(min=1)  # (N,): masked entries are finite, so 0 * x = 0
+    return row_loss[has_pos].mean()
+
+
+def patch_labels_from_audio(patch_tokens: Tensor, audio_token: Tensor, high: float, low: float,
+                            normalize: bool = False) -> Tensor:
+    """CMPC patch labels (paper §3.2.2, eq. 2): threshold each patch's similarity to its second's audio token.
+
+    s_n = cos(patch_n, audio); label 1 (sounding) if s_n >= high, 0 (not sounding) if s_n <= low, else 255
+    (ignored). With `normalize=True` the thresholds are relative: s is min-max normalised per frame,
+    (s - min) / (max - min + 1e-5), so `high` / `low` are fractions of that frame's similarity range (like ToCo's
+    CAM thresholds); a frame whose similarities are all equal then maps to 0 everywhere (labelled non-sounding when
+    low >= 0). Frames known to be silent should be set to 0 by the caller.
+
+    Args:
+        patch_tokens: (B, N, D) visual patch tokens of B frames.
+        audio_token: (B, D) audio token of the same second.
+        high: similarity at or above which a patch is sounding.
+        low: similarity at or below which a patch is not sounding (low <= high).
+        normalize: use per-frame min-max normalised similarities.
+
+    Returns:
+        (B, N) long labels in {0, 1, 255}.
+    """
+    if low > high:
+        raise ValueError(f"low threshold {low} is above high threshold {high}")
+    with torch.no_grad():
+        s = F.cosine_similarity(patch_tokens.float(), audio_token.float()[:, None, :], dim=-1)  # (B, N)
+        if normalize and s.numel() > 0:
+            lo = s.amin(dim=1, keepdim=True)
+            hi = s.amax(dim=1, keepdim=True)
+            s = (s - lo) / (hi - lo + 1e-5)
+        labels = torch.full_like(s, IGNORE, dtype=torch.long)
+        labels[s >= high] = 1
+        labels[s <= low] = 0
+    return labels
+
+
+def cmpc_loss(patch_tokens: Tensor, patch_labels: Tensor) -> Tensor:
+    """Cross-Modal Patch token Contrast (paper eq. 2) in ToCo's PTC form (method-facts §2, §4).
+
+    Within each frame, x = normalize(tokens) and cos = |x x^T|. A pair is positive when both tokens carry the same
+    label (two non-sounding tokens are positive too, as in ToCo), negative when the labels differ, and ignored when
+    either is 255 or on the diagonal. With pair counts over the whole batch:
+
+        L = 0.5 * (1 - sum_pos cos / (N_pos + 1)) + 0.5 * sum_neg cos / (N_neg + 1).
+
+    When the batch has no valid pair at all the loss is 0 (ToCo's formula would give a constant 0.5).
+
+    Args:
+        patch_tokens: (B, N, D) patch tokens of B frames.
+        patch_labels: (B, N) long in {0, 1, 255}.
+    """
+    b, n = patch_labels.shape
+    if b * n == 0:
+        return _zero(patch_tokens)
+    x = F.normalize(patch_tokens.float(), dim=-1)  # (B, N, D)
+    cos = (x @ x.transpose(1, 2)).abs()  # (B, N, N)
+    valid = patch_labels != IGNORE  # (B, N)
+    pair_ok = valid[:, :, None] & valid[:, None, :]
+    pair_ok &= ~torch.eye(n, dtype=torch.bool, device=x.device)  # (B, N, N)
+    same = patch_labels[:, :, None] == patch_labels[:, None, :]
+    pos = pair_ok & same
+    neg = pair_ok & ~same
+    n_pos, n_neg = pos.sum(), neg.sum()
+    if int(n_pos + n_neg) == 0:
+        return _zero(patch_tokens)
+    pos_term = 1.0 - (cos * pos).sum() / (n_pos + 1)
+    neg_term = (cos * neg).sum() / (n_neg + 1)
+    return 0.5 * pos_term + 0.5 * neg_term
+
+
+def cmcc_loss(global_cls: Tensor, crop_cls: Tensor, crop_positive: Tensor, temperature: float = 0.5,
+              eps: float = 1e-4) -> Tensor:
+    """Cross-Modal Class token Contrast (paper §3.2.2, eq. 3): InfoNCE between crop and global class tokens.
+
+    With s_k = cos(g, c_k) / tau for the K crops of an image, P its positive crops (covering sounding regions) and
+    N its negatives, the image's loss is
+
+        (1 / |P|) * sum_{p in P} -log( exp(s_p) / (exp(s_p) + sum_{n in N} exp(s_n) + eps) ),
+
+    computed with logsumexp. The batch loss is the mean over images with at least one positive (images without
+    positives add nothing; 0 if no image has one). Cosine (not ToCo's raw dot product) keeps tau meaningful.
+
+    Args:
+        global_cls: (B, D) global class token (usually the teacher's, detached by the caller).
+        crop_cls: (B, K, D) local crop class tokens.
+        crop_positive: (B, K) bool.
+        temperature: tau.
+        eps: the small constant in the denominator.
+    """
+    b, k = crop_positive.shape
+    if b * k == 0:
+        return _zero(global_cls, crop_cls)
+    s = F.cosine_similarity(crop_cls.float(), global_cls.float()[:, None, :], dim=-1) / temperature  # (B, K)
+    positive = crop_positive.bool()
+    s_neg = s.masked_fill(positive, _NEG)  # (B, K): only negatives survive
+    log_eps = torch.full_like(s[:, :1], float(torch.log(torch.tensor(eps))))  # (B, 1)
+    # log(exp(s_p) + sum_n exp(s_n) + eps) for every crop p: (B, K)
+    neg_and_eps = torch.cat([s_neg, log_eps], dim=1)  # (B, K+1)
+    log_denom = torch.logaddexp(s, torch.logsumexp(neg_and_eps, dim=1, keepdim=True))
+    nll = (log_denom - s) * positive  # (B, K), zero at negatives
+    n_pos = positive.sum(dim=1)  # (B,)
+    has_pos = n_pos > 0
+    if not bool(has_pos.any()):
+        return _zero(global_cls, crop_cls)
+    per_image = nll.sum(dim=1) / n_pos.clamp(min=1)  # (B,)
+    return per_image[has_pos].mean()
+
+
+def crop_labels_from_patch_labels(patch_labels: Tensor, boxes: Tensor, threshold: float = 0.1) -> Tensor:
+    """Which crops cover sounding regions: positive when the crop's sounding share exceeds `threshold`.
+
+    The share is area-weighted over the patch cells the box overlaps, each cell scored 1 if sounding (label 1),
+    0.5 if ignored (255) and 0 if not sounding. This mirrors ToCo's ROI rule (bg 0, uncertain 1, fg 2; negative when
+    the mean ROI <= 0.2, i.e. share <= 0.1; method-facts §3). A box of zero area is negative.
+
+    Args:
+        patch_labels: (B, h, w) long in {0, 1, 255}.
+        boxes: (B, K, 4) float boxes (x0, y0, x1, y1) in normalised image coordinates [0, 1].
+        threshold: minimum share for a positive crop.
+
+    Returns:
+        (B, K) bool.
+    """
+    b, h, w = patch_labels.shape
+    score = (patch_labels == 1).float() + 0.5 * (patch_labels == IGNORE).float()  # (B, h, w)
+    boxes = boxes.float().clamp(0.0, 1.0)
+
+    def overlap(lo: Tensor, hi: Tensor, cells: int) -> Tensor:
+        """(B, K) box edges -> (B, K, cells) length of overlap with each unit cell, in cell units."""
+        edges = torch.arange(cells, device=boxes.device, dtype=torch.float32)
+        lo_c, hi_c = lo[..., None] * cells, hi[..., None] * cells
+        return (torch.minimum(hi_c, edges + 1) - torch.maximum(lo_c, edges)).clamp(min=0.0)
+
+    wx = overlap(boxes[..., 0], boxes[..., 2], w)  # (B, K, w)
+    wy = overlap(boxes[..., 1], boxes[..., 3], h)  # (B, K, h)
+    covered = torch.einsum("bkh,bkw,bhw->bk", wy, wx, score)  # (B, K)
+    area = wy.sum(dim=-1) * wx.sum(dim=-1)  # (B, K)
+    share = covered / area.clamp(min=1e-8)
+    return (share > threshold) & (area > 0)
+
+
+def segmentation_loss(logits: Tensor, target: Tensor, ignore_index: int = IGNORE) -> Tensor:
+    """Pixel cross-entropy averaged over non-ignored pixels; 0 when all are ignored (ToCo NaN pitfall, #3/#8).
+
+    Args:
+        logits: (B, K, H', W') scores; resized bilinearly to the target size when it differs.
+        target: (B, H, W) long class indices or `ignore_index`.
+    """
+    if target.numel() == 0:
+        return _zero(logits)
+    if logits.shape[-2:] != target.shape[-2:]:
+        logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+    n_valid = (target != ignore_index).sum()
+    if int(n_valid) == 0:
+        return _zero(logits)
+    total = F.cross_entropy(logits.float(), target.long(), ignore_index=ignore_index, reduction="sum")
+    return total / n_valid
