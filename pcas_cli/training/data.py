@@ -1,0 +1,259 @@
+"""Torch datasets over a `features` artifact, read one clip per item, with seeded augmentations.
+
+Weak supervision (DESIGN.md, "What each stage may see"): training datasets return frames, fbank, video-level labels
+and validity flags, and NEVER per-frame masks; only the fully supervised upper bound passes `with_masks=True`. The
+`visible` maps exist for a reference baseline and are never served here.
+
+Tensors per item (T = seconds, one frame per second):
+- frames (T, 3, H, W) float in [0, 1] (ImageNet normalisation is the model's job: its constants are buffers);
+- fbank (T, F, M) float32, AST-normalised per-second log-mel; labels (C,) float multi-hot; frame_valid (T,) bool.
+
+Randomness comes only from torch's RNG (the global one, or a given generator): the training loop seeds it per
+process and per DataLoader worker, so augmentations repeat exactly for a given seed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from pcas_cli.artifacts import FEATURES, read_features
+
+WEAK_FIELDS = ("clip_id", "subset", "frames", "fbank", "labels", "frame_valid")
+MASK_FIELDS = ("masks", "mask_valid")  # per-frame ground truth: scoring and the supervised upper bound only
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training-time augmentations; the defaults change nothing."""
+
+    crop_scale: tuple[float, float] = (1.0, 1.0)  # area fraction range of the random resized crop; lower >= 1 = off
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # aspect-ratio range (width / height) of the crop
+    hflip: float = 0.0  # probability of a horizontal flip
+    time_mask: int = 0  # SpecAugment: widest time mask, in fbank frames (0 = off)
+    time_masks: int = 1  # time masks per second of audio
+    freq_mask: int = 0  # SpecAugment: widest frequency mask, in mel bins (0 = off)
+    freq_masks: int = 1  # frequency masks per second of audio
+
+    @property
+    def visual(self) -> bool:
+        return self.crop_scale[0] < 1.0 or self.hflip > 0.0
+
+    @property
+    def audio(self) -> bool:
+        return (self.time_mask > 0 and self.time_masks > 0) or (self.freq_mask > 0 and self.freq_masks > 0)
+
+
+def _rand(generator: torch.Generator | None) -> float:
+    return float(torch.rand((), generator=generator))
+
+
+def _randint(low: int, high: int, generator: torch.Generator | None) -> int:
+    """Uniform integer in [low, high] (inclusive)."""
+    return int(torch.randint(low, high + 1, (), generator=generator))
+
+
+def crop_box(height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
+             generator: torch.Generator | None = None) -> tuple[int, int, int, int]:
+    """A random (top, left, crop_height, crop_width) covering `scale` of the area at aspect ratio within `ratio`.
+
+    Inception-style sampling: up to 10 draws of (area, log-ratio); if none fits, the whole image.
+    """
+    area = height * width
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        target = area * (scale[0] + (scale[1] - scale[0]) * _rand(generator))
+        aspect = math.exp(log_lo + (log_hi - log_lo) * _rand(generator))
+        cw = int(round(math.sqrt(target * aspect)))
+        ch = int(round(math.sqrt(target / aspect)))
+        if 0 < cw <= width and 0 < ch <= height:
+            return _randint(0, height - ch, generator), _randint(0, width - cw, generator), ch, cw
+    return 0, 0, height, width
+
+
+def crop_flip(images: torch.Tensor, box: tuple[int, int, int, int], flip: bool,
+              masks: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Crop every image to `box`, resize back to the input size, optionally mirror; masks follow (nearest).
+
+    Args:
+        images: (N, 3, H, W) float.
+        masks: (N, H, W) integer labels, or None.
+    """
+    n, _, h, w = images.shape
+    top, left, ch, cw = box
+    if (ch, cw) != (h, w):
+        images = F.interpolate(images[:, :, top:top + ch, left:left + cw], size=(h, w), mode="bilinear",
+                               align_corners=False)
+        if masks is not None:
+            crop = masks[:, None, top:top + ch, left:left + cw].float()  # (N, 1, ch, cw)
+            masks = F.interpolate(crop, size=(h, w), mode="nearest")[:, 0].to(masks.dtype)
+    if flip:
+        images = images.flip(-1)
+        masks = masks.flip(-1) if masks is not None else None
+    return images, masks
+
+
+def augment_images(images: torch.Tensor, cfg: AugmentConfig, masks: torch.Tensor | None = None,
+                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One random crop and flip shared by all N images (the frames of one clip move together), masks alike."""
+    if not cfg.visual:
+        return images, masks
+    h, w = images.shape[-2:]
+    box = crop_box(h, w, cfg.crop_scale, cfg.crop_ratio, generator) if cfg.crop_scale[0] < 1.0 else (0, 0, h, w)
+    flip = cfg.hflip > 0.0 and _rand(generator) < cfg.hflip
+    return crop_flip(images, box, flip, masks)
+
+
+def spec_augment(fbank: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """SpecAugment time and frequency masking, drawn independently for each second.
+
+    Masked cells are set to 0, which in AST-normalised fbank is the dataset mean (method-facts: AST normalisation),
+    so masking removes information without adding an out-of-distribution value.
+
+    Args:
+        fbank: (T, F, M) per-second log-mel (F frames, M mel bins); not modified.
+    """
+    if not cfg.audio:
+        return fbank
+    out = fbank.clone()
+    t_len, f_len, m_len = out.shape
+    for t in range(t_len):
+        for _ in range(cfg.time_masks if cfg.time_mask > 0 else 0):
+            width = _randint(0, min(cfg.time_mask, f_len), generator)
+            start = _randint(0, f_len - width, generator)
+            out[t, start:start + width, :] = 0.0
+        for _ in range(cfg.freq_masks if cfg.freq_mask > 0 else 0):
+            width = _randint(0, min(cfg.freq_mask, m_len), generator)
+            start = _randint(0, m_len - width, generator)
+            out[t, :, start:start + width] = 0.0
+    return out
+
+
+def _as_tensor(name: str, value: Any) -> Any:
+    """Artifact arrays -> training tensors (see module docstring); strings pass through."""
+    if isinstance(value, str):
+        return value
+    arr = torch.from_numpy(np.ascontiguousarray(value))
+    if name == "frames":
+        return arr.movedim(-1, -3).float().div_(255.0)  # (..., H, W, 3) uint8 -> (..., 3, H, W) float in [0, 1]
+    if name in ("fbank", "labels"):
+        return arr.float()
+    if name == "masks":
+        return arr.long()  # class indices, ready for cross-entropy
+    return arr  # frame_valid / mask_valid stay bool
+
+
+def _check_fields(fields: tuple[str, ...], with_masks: bool) -> tuple[str, ...]:
+    allowed = WEAK_FIELDS + (MASK_FIELDS if with_masks else ())
+    bad = [f for f in fields if f not in allowed]
+    if bad:
+        hint = (" (per-frame masks are for scoring and the fully supervised upper bound only: with_masks=True)"
+                if set(bad) <= set(MASK_FIELDS) else f"; allowed: {list(allowed)}")
+        raise ValueError(f"fields {bad} cannot be served for training{hint}")
+    assert set(allowed) <= set(FEATURES), "artifact schema lost a field this module serves"
+    return tuple(dict.fromkeys(fields + (MASK_FIELDS if with_masks else ())))  # masks added, order kept
+
+
+class ClipDataset(Dataset):
+    """One item per clip of a features artifact: a dict of the requested fields plus its `index`.
+
+    Memory does not grow with the artifact: each item reads its own clip (the reader opens the file lazily in every
+    DataLoader worker).
+
+    Args:
+        path: the features artifact.
+        fields: which of WEAK_FIELDS to return.
+        augment: clip-level augmentation (one crop/flip for all frames; SpecAugment per second); None = none.
+        with_masks: also return `masks` (T, H, W) int64 and `mask_valid` (T,); only for the supervised upper bound.
+    """
+
+    def __init__(self, path: Path | str, fields: tuple[str, ...] = ("frames", "fbank", "labels", "frame_valid"),
+                 augment: AugmentConfig | None = None, with_masks: bool = False) -> None:
+        self.fields = _check_fields(tuple(fields), with_masks)
+        self.reader = read_features(path)
+        self.augment = augment or AugmentConfig()
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.reader.classes
+
+    @property
+    def artifact_id(self) -> str:
+        return self.reader.artifact_id
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item: dict[str, Any] = {"index": i}
+        item.update({k: _as_tensor(k, v) for k, v in self.reader.clip(i, self.fields).items()})
+        if "frames" in item:
+            item["frames"], masks = augment_images(item["frames"], self.augment, item.get("masks"))
+            if masks is not None:
+                item["masks"] = masks
+        if "fbank" in item:
+            item["fbank"] = spec_augment(item["fbank"], self.augment)
+        return item
+
+
+class FrameDataset(Dataset):
+    """One item per valid (clip, frame) pair: a single image with its clip's video-level labels.
+
+    Item keys: `index`, `clip_index`, `frame_index`, `image` (3, H, W) float in [0, 1], and, when requested,
+    `labels` (C,), `fbank` (F, M) for that second, `clip_id`, `subset`; with `with_masks`, `mask` (H, W) int64 and
+    `mask_valid` (bool). The pair index is two int32 per valid frame; clip data is read per item.
+
+    Args:
+        path: the features artifact.
+        fields: which of ("frames", "fbank", "labels", "clip_id", "subset") to return; "frames" gives `image`.
+        augment: per-image crop/flip and per-second SpecAugment; None = none.
+        with_masks: see ClipDataset.
+    """
+
+    def __init__(self, path: Path | str, fields: tuple[str, ...] = ("frames", "labels"),
+                 augment: AugmentConfig | None = None, with_masks: bool = False) -> None:
+        if "frame_valid" in fields:
+            raise ValueError("FrameDataset serves valid frames only; 'frame_valid' is not a per-frame field")
+        self.fields = _check_fields(tuple(fields), with_masks)
+        self.reader = read_features(path)
+        self.augment = augment or AugmentConfig()
+        valid = np.asarray(self.reader.read("frame_valid", slice(None)), dtype=bool)  # (N, T)
+        self.pairs = np.argwhere(valid).astype(np.int32)  # (P, 2): (clip, frame), clip-major order
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.reader.classes
+
+    @property
+    def artifact_id(self) -> str:
+        return self.reader.artifact_id
+
+    def __len__(self) -> int:
+        return int(self.pairs.shape[0])
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        clip, t = (int(v) for v in self.pairs[k])
+        item: dict[str, Any] = {"index": k, "clip_index": clip, "frame_index": t}
+        for name in self.fields:
+            value = self.reader.read(name, clip)
+            per_clip = name in ("labels", "clip_id", "subset")
+            item[name] = _as_tensor(name, value if per_clip else value[t])  # per-frame fields: frame t only
+        if "frames" in item:
+            image = item.pop("frames")  # (3, H, W)
+            masks = item.pop("masks")[None] if "masks" in item else None  # (1, H, W)
+            images, masks = augment_images(image[None], self.augment, masks)
+            item["image"] = images[0]
+            if masks is not None:
+                item["mask"] = masks[0]
+        elif "masks" in item:
+            item["mask"] = item.pop("masks")
+        if "fbank" in item:
+            item["fbank"] = spec_augment(item["fbank"][None], self.augment)[0]
+        return item

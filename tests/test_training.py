@@ -1,0 +1,393 @@
+"""The shared training loop, its checkpoints, schedule and datasets, on a toy regression task and a tiny artifact."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from pcas_cli.artifacts import ArtifactWriter
+from pcas_cli.errors import PcasError
+from pcas_cli.training import (AugmentConfig, ClipDataset, FrameDataset, OptimConfig, TrainTask, fit, load_checkpoint,
+                               lr_at, save_checkpoint, weights_fingerprint)
+from pcas_cli.training.data import crop_box, crop_flip, spec_augment
+
+PROV = {"stage": "toy", "config": {"width": 16}, "seed": 0, "inputs": {"features/train.h5": "abc"}}
+
+
+# ----------------------------------------------------------------------------------------------------------- schedule
+def test_lr_at_hand_values():
+    # warm-up 4 of 10 steps, floor 0.1: (s+1)/4 while warming, then 0.1 + 0.9 * (1 + cos(pi * (s-4)/6)) / 2
+    assert lr_at(0, 10, 4, 0.1) == pytest.approx(0.25)
+    assert lr_at(3, 10, 4, 0.1) == pytest.approx(1.0)
+    assert lr_at(4, 10, 4, 0.1) == pytest.approx(1.0)
+    assert lr_at(7, 10, 4, 0.1) == pytest.approx(0.55)
+    assert lr_at(9, 10, 4, 0.1) == pytest.approx(0.1 + 0.9 * 0.5 * (1 - math.sqrt(3) / 2))
+    assert lr_at(10, 10, 4, 0.1) == pytest.approx(0.1) and lr_at(50, 10, 4, 0.1) == pytest.approx(0.1)
+
+
+def test_lr_at_degenerate_cases():
+    assert lr_at(0, 5, 0, 0.0) == 1.0  # no warm-up: full lr at once
+    assert lr_at(4, 5, 5, 0.0) == 1.0  # all warm-up: nothing to decay over
+    with pytest.raises(ValueError):
+        lr_at(-1, 5, 0, 0.0)
+    with pytest.raises(ValueError):
+        lr_at(0, 5, 0, 1.5)
+
+
+def test_optim_config_validates():
+    with pytest.raises(PcasError, match="epochs >= 1"):
+        OptimConfig(epochs=0)
+
+
+# ----------------------------------------------------------------------------------------------------------- toy task
+class ToyData(Dataset):
+    """y = x . w + 0.5 on 4-d inputs; `noise` adds torch-RNG input jitter (an augmentation, so RNG state matters)."""
+
+    def __init__(self, n: int, noise: float, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 4, generator=g)
+        self.y = self.x @ torch.tensor([1.0, -2.0, 0.5, 3.0]) + 0.5
+        self.noise = noise
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        x = self.x[i] + self.noise * torch.randn(4) if self.noise else self.x[i]
+        return {"x": x, "y": self.y[i]}
+
+
+class ToyTask(TrainTask):
+    def __init__(self, n: int = 64, noise: float = 0.0, dropout: float = 0.0, init_seed: int = 123,
+                 scripted_val: list[float] | None = None, crash_at_epoch: int | None = None,
+                 select_mode: str = "max") -> None:
+        torch.manual_seed(init_seed)
+        self.model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Dropout(dropout), nn.Linear(16, 1))
+        self.data = ToyData(n, noise)
+        self.val = ToyData(32, 0.0, seed=1)
+        self.scripted_val = scripted_val
+        self.crash_at_epoch = crash_at_epoch
+        self.snapshots: list[dict[str, torch.Tensor]] = []
+        self.select_metric = "score" if scripted_val else "val_mse"
+        self.select_mode = select_mode if scripted_val else "min"
+
+    def param_groups(self, model):
+        return [{"params": model[0].parameters()}, {"params": model[3].parameters(), "lr": 0.02}]
+
+    def train_dataset(self):
+        return self.data
+
+    def on_epoch_start(self, epoch):
+        if epoch == self.crash_at_epoch:
+            raise KeyboardInterrupt("simulated crash")
+
+    def loss_step(self, model, batch):
+        pred = model(batch["x"]).squeeze(-1)  # (B,)
+        mse = ((pred - batch["y"]) ** 2).mean()
+        reg = 1e-4 * sum(p.pow(2).sum() for p in model.parameters())
+        return {"mse": mse, "reg": reg}  # no "loss": the loop sums the terms
+
+    def evaluate(self, model):
+        self.snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+        if self.scripted_val:
+            return {"score": self.scripted_val[len(self.snapshots) - 1]}
+        dev = next(model.parameters()).device
+        return {"val_mse": float(((model(self.val.x.to(dev)).squeeze(-1) - self.val.y.to(dev)) ** 2).mean())}
+
+
+def _cfg(**kw) -> OptimConfig:
+    base = dict(optimizer="adam", lr=0.05, epochs=3, warmup_epochs=1, min_lr_ratio=0.1, batch_size=8,
+                log_every=2, seed=7, clip_grad_norm=5.0)
+    return OptimConfig(**{**base, **kw})
+
+
+def _log(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# ----------------------------------------------------------------------------------------------------------- fit
+def test_fit_trains_logs_and_checkpoints(tmp_path):
+    task = ToyTask()
+    res = fit(task, _cfg(epochs=4, log_every=1), tmp_path, "toy", PROV, device="cpu")
+    hist = [h["train"]["mse"] for h in res.history]
+    assert hist[-1] < 0.5 * hist[0]
+    assert all(set(h["train"]) == {"mse", "reg", "loss"} for h in res.history)
+    first = res.history[0]["train"]
+    assert first["loss"] == pytest.approx(first["mse"] + first["reg"])
+
+    # 64 items / batch 8 = 8 steps per epoch; warm-up 8 steps; each group's lr = its base lr x lr_at(step).
+    steps = [r for r in _log(tmp_path / "toy.log.jsonl") if r["kind"] == "step"]
+    assert [r["step"] for r in steps] == list(range(1, 33))
+    for r in steps:
+        mult = lr_at(r["step"] - 1, 32, 8, 0.1)
+        assert r["lr"] == pytest.approx([0.05 * mult, 0.02 * mult])
+    assert [r["epoch"] for r in _log(tmp_path / "toy.log.jsonl") if r["kind"] == "epoch"] == [1, 2, 3, 4]
+
+    last = load_checkpoint(res.last_path, expect_stage="toy", expect_kind="resume")
+    assert (last["step"], last["epoch"], len(last["rng"])) == (32, 4, 1)
+    assert set(last["rng"][0]) == {"python", "numpy", "torch", "cuda"}
+    assert last["config"]["lr"] == 0.05 and last["provenance"] == PROV
+    assert last["optimizer"]["param_groups"][1]["base_lr"] == 0.02
+    art = load_checkpoint(res.best_path, expect_stage="toy", expect_kind="artifact")
+    assert art["artifact_id"] == weights_fingerprint(art["model"]) and art["provenance"] == PROV
+    best_epoch = min(res.history, key=lambda h: h["val"]["val_mse"])["epoch"]
+    assert art["epoch"] == best_epoch and art["selected_by"] == {"metric": "val_mse", "mode": "min"}
+    assert all(torch.equal(art["model"][k], v) for k, v in task.snapshots[best_epoch - 1].items())
+    assert not (tmp_path / "toy.best.pt").exists()  # moved into toy.pt when the run finished
+
+
+@pytest.mark.parametrize("mode,values,best", [("max", [0.2, 0.9, 0.5], 2), ("min", [0.5, 0.7, 0.1], 3)])
+def test_best_on_val_selection(tmp_path, mode, values, best):
+    task = ToyTask(scripted_val=values, select_mode=mode)
+    res = fit(task, _cfg(), tmp_path, "toy", PROV, device="cpu")
+    art = load_checkpoint(res.best_path)
+    assert art["epoch"] == best and art["metrics"] == {"score": values[best - 1]}
+    assert all(torch.equal(art["model"][k], v) for k, v in task.snapshots[best - 1].items())
+    improved = [values[0]] + [v for i, v in enumerate(values[1:], 1)
+                              if (v > max(values[:i]) if mode == "max" else v < min(values[:i]))]
+    assert [h["best"] for h in res.history] == [v in improved for v in values]
+
+
+def test_without_validation_best_is_last(tmp_path):
+    task = ToyTask()
+    task.evaluate = lambda model: None  # type: ignore[method-assign]
+    res = fit(task, _cfg(epochs=2), tmp_path, "toy", PROV, device="cpu")
+    art = load_checkpoint(res.best_path)
+    assert art["epoch"] == 2 and art["selected_by"] is None
+    assert all(torch.equal(art["model"][k], v) for k, v in task.model.state_dict().items())
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_is_bit_for_bit(tmp_path, workers):
+    cfg = _cfg(num_workers=workers)
+    straight = ToyTask(noise=0.1, dropout=0.2)
+    fit(straight, cfg, tmp_path / "a", "toy", PROV, device="cpu")
+
+    crashed = ToyTask(noise=0.1, dropout=0.2, crash_at_epoch=2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(crashed, cfg, tmp_path / "b", "toy", PROV, device="cpu")
+    assert load_checkpoint(tmp_path / "b" / "toy.last.pt")["epoch"] == 2
+    assert not (tmp_path / "b" / "toy.pt").exists()  # an unfinished run leaves no artifact
+    with open(tmp_path / "b" / "toy.log.jsonl", "a") as f:  # records past the checkpoint, and a line cut short
+        f.write('{"kind": "step", "epoch": 3, "step": 17}\n{"kind": "st')
+
+    resumed = ToyTask(noise=0.1, dropout=0.2, init_seed=999)  # different init: weights must come from the checkpoint
+    res = fit(resumed, cfg, tmp_path / "b", "toy", PROV, resume=True, device="cpu")
+    for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    a_art, b_art = load_checkpoint(tmp_path / "a" / "toy.pt"), load_checkpoint(res.best_path)
+    assert a_art["artifact_id"] == b_art["artifact_id"]
+    assert _log(tmp_path / "a" / "toy.log.jsonl") == _log(tmp_path / "b" / "toy.log.jsonl")
+    assert [h["epoch"] for h in res.history] == [1, 2, 3]
+
+
+def test_resume_refuses_changed_settings(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        fit(ToyTask(crash_at_epoch=1), _cfg(), tmp_path, "toy", PROV, device="cpu")
+    with pytest.raises(PcasError, match=r"optim\.lr: checkpoint 0\.05, now 0\.02"):
+        fit(ToyTask(), _cfg(lr=0.02), tmp_path, "toy", PROV, resume=True, device="cpu")
+    changed_input = {**PROV, "inputs": {"features/train.h5": "def"}}
+    with pytest.raises(PcasError, match="inputs"):
+        fit(ToyTask(), _cfg(), tmp_path, "toy", changed_input, resume=True, device="cpu")
+    # Log frequency changes no number: allowed, also where the stage config nests the optimisation settings.
+    nested = {**PROV, "config": {**PROV["config"], "optim": {"lr": 0.05, "log_every": 2}}}
+    with pytest.raises(KeyboardInterrupt):
+        fit(ToyTask(crash_at_epoch=1), _cfg(), tmp_path / "n", "toy", nested, device="cpu")
+    nested["config"]["optim"]["log_every"] = 3
+    fit(ToyTask(), _cfg(log_every=3), tmp_path / "n", "toy", nested, resume=True, device="cpu")
+
+
+def test_resume_without_checkpoint_starts_fresh_and_finished_run_is_kept(tmp_path):
+    res = fit(ToyTask(), _cfg(epochs=1), tmp_path, "toy", PROV, resume=True, device="cpu")
+    art_id = load_checkpoint(res.best_path)["artifact_id"]
+    again = fit(ToyTask(init_seed=5), _cfg(epochs=1), tmp_path, "toy", PROV, resume=True, device="cpu")
+    assert load_checkpoint(again.best_path)["artifact_id"] == art_id and len(again.history) == 1
+
+
+def test_fit_rejects_bad_setups(tmp_path):
+    with pytest.raises(PcasError, match="fewer than one batch"):
+        fit(ToyTask(n=4), _cfg(), tmp_path, "toy", PROV, device="cpu")
+    diverging = ToyTask()
+    diverging.loss_step = lambda model, batch: {"mse": model(batch["x"]).sum() * float("nan")}  # type: ignore
+    with pytest.raises(PcasError, match="non-finite"):
+        fit(diverging, _cfg(), tmp_path, "toy", PROV, device="cpu")
+
+
+# ------------------------------------------------------------------------------------------------------- checkpoints
+def test_load_checkpoint_errors(tmp_path):
+    with pytest.raises(PcasError, match="not found"):
+        load_checkpoint(tmp_path / "nope.pt")
+    (tmp_path / "garbage.pt").write_bytes(b"not a torch file")
+    with pytest.raises(PcasError, match="garbage.pt: not a readable checkpoint"):
+        load_checkpoint(tmp_path / "garbage.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    with pytest.raises(PcasError, match="not a pcas checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+
+    from pcas_cli.training.checkpoint import make_artifact
+    state = {"w": torch.arange(4.0), "b": torch.zeros(1, dtype=torch.bfloat16)}
+    path = save_checkpoint(tmp_path / "v.pt", make_artifact(state, "train-visual", PROV))
+    assert not (tmp_path / "v.pt.tmp").exists()
+    assert load_checkpoint(path, expect_stage="train-visual")["artifact_id"] == weights_fingerprint(state)
+    with pytest.raises(PcasError, match="expected weights made by stage 'train-tvp'"):
+        load_checkpoint(path, expect_stage="train-tvp")
+    with pytest.raises(PcasError, match="expected a resume checkpoint"):
+        load_checkpoint(path, expect_kind="resume")
+    tampered = torch.load(path, weights_only=True)
+    tampered["model"]["w"][0] = 9.0
+    torch.save(tampered, path)
+    with pytest.raises(PcasError, match="do not match the recorded artifact_id"):
+        load_checkpoint(path)
+
+
+def test_weights_fingerprint_sensitivity():
+    a = {"w": torch.tensor([1.0, 2.0])}
+    assert weights_fingerprint(a) == weights_fingerprint({"w": torch.tensor([1.0, 2.0])})
+    assert weights_fingerprint(a) != weights_fingerprint({"w": torch.tensor([1.0, 2.5])})
+    assert weights_fingerprint(a) != weights_fingerprint({"v": torch.tensor([1.0, 2.0])})
+    assert weights_fingerprint(a) != weights_fingerprint({"w": torch.tensor([1.0, 2.0], dtype=torch.float64)})
+
+
+# ----------------------------------------------------------------------------------------------------------- datasets
+DIMS = {"T": 3, "H": 8, "W": 8, "F": 4, "M": 6, "C": 2}
+
+
+def _clip(i: int, same_frames: bool = False) -> dict:
+    rng = np.random.default_rng(i)
+    frames = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    if same_frames:
+        frames[:] = frames[0]
+    return {
+        "clip_id": f"c{i}", "subset": "v2", "frames": frames,
+        "fbank": rng.normal(size=(3, 4, 6)).astype(np.float16),
+        "labels": np.array([i % 2, 1], np.uint8),
+        "masks": rng.integers(0, 3, (3, 8, 8), dtype=np.uint8),
+        "mask_valid": np.array([True, False, True]),
+        "frame_valid": np.array([True, True, i != 1]),  # clip 1 has 2 real frames
+        "visible": np.zeros((3, 8, 8), np.uint8),
+    }
+
+
+@pytest.fixture
+def features(tmp_path):
+    path = tmp_path / "train.h5"
+    with ArtifactWriter(path, "features", DIMS, {"classes": ["a", "b"], "task": "semantic"}, {"stage": "x"}) as w:
+        for i in range(3):
+            w.append(**_clip(i))
+    return path
+
+
+def test_clip_dataset_items_and_no_masks_by_default(features):
+    ds = ClipDataset(features)
+    assert len(ds) == 3 and ds.classes == ("a", "b")
+    item = ds[1]
+    assert set(item) == {"index", "frames", "fbank", "labels", "frame_valid"}
+    raw = _clip(1)
+    assert item["frames"].shape == (3, 3, 8, 8) and item["frames"].dtype == torch.float32
+    assert torch.equal(item["frames"], torch.from_numpy(raw["frames"]).permute(0, 3, 1, 2).float() / 255)
+    assert item["fbank"].dtype == torch.float32 and item["fbank"].shape == (3, 4, 6)
+    assert torch.equal(item["labels"], torch.tensor([1.0, 1.0]))
+    assert item["frame_valid"].tolist() == [True, True, False]
+    batch = next(iter(DataLoader(ds, batch_size=3, num_workers=2)))  # lazy per-worker file handles
+    assert batch["frames"].shape == (3, 3, 3, 8, 8) and batch["index"].tolist() == [0, 1, 2]
+
+
+def test_masks_only_on_request(features):
+    for bad in (("frames", "masks"), ("mask_valid",), ("visible",)):
+        with pytest.raises(ValueError, match="cannot be served"):
+            ClipDataset(features, fields=bad)
+    item = ClipDataset(features, fields=("labels",), with_masks=True)[2]
+    assert set(item) == {"index", "labels", "masks", "mask_valid"}
+    assert item["masks"].dtype == torch.int64 and torch.equal(item["masks"], torch.from_numpy(_clip(2)["masks"]).long())
+
+
+def test_frame_dataset_indexes_valid_frames(features):
+    ds = FrameDataset(features, fields=("frames", "labels", "fbank"))
+    assert len(ds) == 8  # 3 + 2 + 3 valid frames
+    item = ds[4]  # clip 1's frames are pairs 3, 4
+    assert (item["clip_index"], item["frame_index"]) == (1, 1)
+    raw = _clip(1)
+    assert torch.equal(item["image"], torch.from_numpy(raw["frames"][1]).permute(2, 0, 1).float() / 255)
+    assert torch.equal(item["fbank"], torch.from_numpy(raw["fbank"][1]).float())
+    assert "mask" not in item and "masks" not in item
+    assert [ds[k]["clip_index"] for k in range(8)] == [0, 0, 0, 1, 1, 2, 2, 2]
+
+
+def test_flip_moves_frames_and_masks_together(features):
+    ds = FrameDataset(features, fields=("frames",), augment=AugmentConfig(hflip=1.0), with_masks=True)
+    item, raw = ds[0], _clip(0)
+    assert torch.equal(item["image"], torch.from_numpy(raw["frames"][0]).permute(2, 0, 1).float().flip(-1) / 255)
+    assert torch.equal(item["mask"], torch.from_numpy(raw["masks"][0]).long().flip(-1))
+
+
+def test_clip_augmentation_is_seeded_and_shared_by_all_frames(tmp_path):
+    path = tmp_path / "same.h5"
+    with ArtifactWriter(path, "features", DIMS, {"classes": ["a", "b"], "task": "semantic"}, {}) as w:
+        w.append(**_clip(0, same_frames=True))
+    aug = AugmentConfig(crop_scale=(0.3, 0.6), hflip=0.5, time_mask=2, freq_mask=3)
+    ds = ClipDataset(path, augment=aug)
+    torch.manual_seed(3)
+    a = ds[0]
+    torch.manual_seed(3)
+    b = ds[0]
+    torch.manual_seed(4)
+    c = ds[0]
+    assert torch.equal(a["frames"], b["frames"]) and torch.equal(a["fbank"], b["fbank"])
+    assert not torch.equal(a["frames"], c["frames"])
+    assert torch.equal(a["frames"][0], a["frames"][1]) and torch.equal(a["frames"][0], a["frames"][2])
+    plain = ClipDataset(path)[0]["frames"]
+    assert not torch.equal(a["frames"], plain)  # a 30-60 % crop cannot be the identity
+
+
+def test_crop_box_and_crop_hand_values():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        top, left, ch, cw = crop_box(20, 30, (0.2, 0.5), (0.75, 4 / 3), g)
+        assert 0 <= top <= 20 - ch and 0 <= left <= 30 - cw
+        assert 0.15 <= ch * cw / 600 <= 0.56  # area fraction within the range, up to rounding
+    masks = torch.tensor([[[1, 2, 0, 0], [3, 4, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]])
+    images = masks[:, None].float().repeat(1, 3, 1, 1)
+    _, out = crop_flip(images, (0, 0, 2, 2), flip=False, masks=masks)
+    expect = torch.tensor([[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 4, 4], [3, 3, 4, 4]])  # nearest 2x upsampling
+    assert torch.equal(out[0], expect)
+    _, flipped = crop_flip(images, (0, 0, 4, 4), flip=True, masks=masks)
+    assert flipped[0, 0].tolist() == [0, 0, 2, 1]
+
+
+def test_spec_augment_masks_contiguous_bands():
+    fbank = torch.ones(5, 10, 12)
+    out = spec_augment(fbank, AugmentConfig(time_mask=3), torch.Generator().manual_seed(1))
+    assert torch.equal(fbank, torch.ones(5, 10, 12))  # input untouched
+    widths = []
+    for t in range(5):
+        rows = (out[t] == 0).all(dim=1).nonzero().flatten().tolist()  # masked time frames of second t
+        assert ((out[t] == 0).sum(dim=1) % 12 == 0).all()  # whole rows only
+        assert rows == list(range(rows[0], rows[0] + len(rows))) if rows else True
+        widths.append(len(rows))
+    assert max(widths) <= 3 and sum(widths) > 0
+    freq = spec_augment(fbank, AugmentConfig(freq_mask=4), torch.Generator().manual_seed(2))
+    assert ((freq == 0).sum(dim=1) % 10 == 0).all() and (freq == 0).any()
+    assert spec_augment(fbank, AugmentConfig()) is fbank  # off by default
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_amp_on_cuda_trains_and_resumes_bit_for_bit(tmp_path):
+    cfg = _cfg(amp=True, num_workers=2)
+    straight = ToyTask(noise=0.1, dropout=0.2)
+    res = fit(straight, cfg, tmp_path / "a", "toy", PROV, device="cuda")
+    assert res.history[-1]["train"]["mse"] < res.history[0]["train"]["mse"]
+    last = load_checkpoint(res.last_path)
+    assert last["scaler"]["scale"] > 0 and last["rng"][0]["cuda"] is not None
+    with pytest.raises(KeyboardInterrupt):
+        fit(ToyTask(noise=0.1, dropout=0.2, crash_at_epoch=1), cfg, tmp_path / "b", "toy", PROV, device="cuda")
+    resumed = ToyTask(noise=0.1, dropout=0.2)
+    fit(resumed, cfg, tmp_path / "b", "toy", PROV, resume=True, device="cuda")
+    for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), k
