@@ -26,7 +26,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-ConfigOpt = typer.Option(None, "--config", help="stage TOML file [default: stages/<stage>.toml if present]")
+ConfigOpt = typer.Option(None, "--config", help="stage TOML file (default: stages/<stage>.toml if present)")
 PresetOpt = typer.Option(None, "--preset", help="overlay stages/presets/NAME.toml (e.g. paper, resnet50)")
 SetOpt = typer.Option(None, "--set", help="override any config field: --set key=value (TOML value; dotted keys)")
 
@@ -45,7 +45,7 @@ def _parse_sets(sets: list[str] | None) -> dict[str, Any]:
 
 
 def _stage(module: str, cls_name: str, stage: str, config: Path | None, preset: str | None, sets: list[str] | None,
-           **options: Any) -> Any:
+           /, **options: Any) -> Any:
     """Resolve the stage config (options named a__b mean nested field a.b) and call the stage's run(cfg)."""
     from pcas_cli.config import load_config
 
@@ -68,19 +68,187 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     """Run `pcas COMMAND --help` for a command's options. `make reproduce` runs the whole pipeline."""
 
 
+# Stage name (TOML file stem) -> (module under pcas_cli, config class). Tests load every stages/<name>.toml with it.
+STAGE_CONFIGS: dict[str, tuple[str, str]] = {
+    "synth": ("synth", "SynthConfig"),
+    "extract": ("stages.extract", "ExtractConfig"),
+    "train-visual": ("stages.train_visual", "TrainVisualConfig"),
+    "train-tvp": ("stages.train_tvp", "TrainTVPConfig"),
+    "align": ("stages.align", "AlignConfig"),
+    "refine": ("stages.refine", "RefineConfig"),
+    "pseudo-label": ("stages.pseudo_label", "PseudoLabelConfig"),
+    "crf": ("stages.crf", "CRFConfig"),
+    "eval": ("stages.evaluate", "EvalConfig"),
+}
+
+RunOpt = typer.Option(None, "--run", help="run folder (config default: data/runs/synth-avss)")
+DeviceOpt = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (config default: auto)")
+ResumeOpt = typer.Option(None, "--resume/--no-resume", help="continue an interrupted run from its last checkpoint")
+EpochsOpt = typer.Option(None, "--epochs", help="training epochs (from the stage config)")
+SeedOpt = typer.Option(None, "--seed", help="random seed (config default: 0)")
+
+
+def _call(stage: str, config: Path | None, preset: str | None, sets: list[str] | None, /, **options: Any) -> Any:
+    module, cls_name = STAGE_CONFIGS[stage]
+    return _stage(module, cls_name, stage, config, preset, sets, **options)
+
+
+@app.command()
+def synth(
+    layout: Optional[str] = typer.Option(None, help="avss | s4 | ms3 (config default: avss)"),
+    root: Optional[Path] = typer.Option(None, help="output folder (config default: data/raw/synth-<layout>)"),
+    videos: Optional[int] = typer.Option(None, help="training videos; val/test scale with it (from the stage config)"),
+    seed: Optional[int] = SeedOpt,
+    stats: bool = typer.Option(False, "--stats", help="print the data set's statistics (of --root if it exists)"),
+    config: Optional[Path] = ConfigOpt, preset: Optional[str] = PresetOpt, set_: Optional[List[str]] = SetOpt,
+) -> None:
+    """Generate the embedded synthetic audio-visual data set in an exact AVSBench layout."""
+    from pcas_cli import synth as synth_mod
+    from pcas_cli.config import load_config
+
+    overrides = {"layout": layout, "root": root, "videos": videos, "seed": seed, **_parse_sets(set_)}
+    cfg = load_config(synth_mod.SynthConfig, "synth", config, preset, overrides)
+    if stats:
+        _print_stats(synth_mod, cfg, f"pcas synth --layout {cfg.layout}")
+    else:
+        synth_mod.run(cfg)
+
+
+def _print_stats(module: Any, cfg: Any, title: str) -> None:
+    """Statistics of a generated data set: recorded ones when it exists on disk, else generated in memory."""
+    from rich.table import Table
+
+    from pcas_cli.console import CONSOLE
+
+    root = module.output_root(cfg)
+    if (root / module.STATS_FILE).exists():
+        stats, where = module.load_stats(root), str(root)
+    else:
+        stats, where = module.compute_stats(clip.sample for clip in module.generate(cfg)), "generated in memory"
+    table = Table(title=f"{title} ({where})")
+    table.add_column("statistic")
+    table.add_column("value", justify="right")
+    for label, value in module.stats_rows(stats):
+        table.add_row(label, value)
+    CONSOLE.print(table)
+
+
 @app.command()
 def extract(
-    layout: Optional[str] = typer.Option(None, help="dataset layout: avss | s4 | ms3 [config: avss]"),
-    root: Optional[Path] = typer.Option(None, help="dataset root [config: data/raw/synth-avss]"),
-    run: Optional[Path] = typer.Option(None, help="run folder; writes features/{split}.h5 [config: data/runs/synth-avss]"),
-    image_size: Optional[int] = typer.Option(None, help="frame size in pixels (square) [config: 128]"),
-    limit: Optional[int] = typer.Option(None, help="at most this many clips per split, 0 = all [config: 0]"),
+    layout: Optional[str] = typer.Option(None, help="dataset layout: avss | s4 | ms3 (config default: avss)"),
+    root: Optional[Path] = typer.Option(None, help="dataset root (config default: data/raw/synth-avss)"),
+    run: Optional[Path] = RunOpt,
+    image_size: Optional[int] = typer.Option(None, help="frame size in pixels (square) (config default: 96)"),
+    limit: Optional[int] = typer.Option(None, help="at most this many clips per split, 0 = all (config default: 0)"),
     labels_csv: Optional[str] = typer.Option(None, help="MS3 only: AVSS metadata.csv with video labels"),
     config: Optional[Path] = ConfigOpt, preset: Optional[str] = PresetOpt, set_: Optional[List[str]] = SetOpt,
 ) -> None:
     """Features: resized frames, per-second AST fbank, video labels, masks (for scoring) -> HDF5 per split."""
-    _stage("stages.extract", "ExtractConfig", "extract", config, preset, set_, layout=layout, root=root, run=run,
-           image_size=image_size, limit=limit, labels_csv=labels_csv)
+    _call("extract", config, preset, set_, layout=layout, root=root, run=run, image_size=image_size, limit=limit,
+          labels_csv=labels_csv)
+
+
+@app.command("train-visual")
+def train_visual(
+    run: Optional[Path] = RunOpt,
+    backbone: Optional[str] = typer.Option(None, help="visual backbone: vit_tiny_p8 | vit_base | resnet50 | "
+                                                      "pvt_v2_b2 | any timm name (config default: vit_tiny_p8)"),
+    weights: Optional[str] = typer.Option(None, help="local timm-compatible weights file to start from"),
+    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained",
+                                              help="download timm's pretrained weights (needs the network)"),
+    epochs: Optional[int] = EpochsOpt, seed: Optional[int] = SeedOpt, device: Optional[str] = DeviceOpt,
+    resume: Optional[bool] = ResumeOpt,
+    config: Optional[Path] = ConfigOpt, preset: Optional[str] = PresetOpt, set_: Optional[List[str]] = SetOpt,
+) -> None:
+    """Looking: train the visual encoder to classify frames from video-level labels (ToCo classifier) -> ckpt/visual.pt."""
+    _call("train-visual", config, preset, set_, run=run, model__backbone=backbone, model__weights=weights,
+          model__pretrained=pretrained, optim__epochs=epochs, optim__seed=seed, device=device, resume=resume)
+
+
+@app.command("train-tvp")
+def train_tvp(
+    run: Optional[Path] = RunOpt,
+    tvp: Optional[bool] = typer.Option(None, "--tvp/--no-tvp", help="Temporal Visual Prompting on/off (config default: on)"),
+    name: Optional[str] = typer.Option(None, help="output stem in ckpt/ (default: tvp, or ast with --no-tvp)"),
+    epochs: Optional[int] = EpochsOpt, seed: Optional[int] = SeedOpt, device: Optional[str] = DeviceOpt,
+    resume: Optional[bool] = ResumeOpt,
+    config: Optional[Path] = ConfigOpt, preset: Optional[str] = PresetOpt, set_: Optional[List[str]] = SetOpt,
+) -> None:
+    """Listening: per-second audio classification with visual prompts, from video labels (MIL) -> ckpt/tvp.pt."""
+    _call("train-tvp", config, preset, set_, run=run, tvp=tvp, name=name, optim__epochs=epochs, optim__seed=seed,
+          device=device, resume=resume)
+
+
+def _contrast_command(stage: str, doc: str) -> None:
+    def command(
+        run: Optional[Path] = RunOpt,
+        name: Optional[str] = typer.Option(None, help=f"output stem in ckpt/ (default: {stage})"),
+        init: Optional[str] = typer.Option(None, help="start from ckpt/visual.pt or ckpt/align.pt: visual | align"),
+        cmc: Optional[bool] = typer.Option(None, "--cmc/--no-cmc", help="Cross-Modal Contrast (eq. 1)"),
+        cmpc: Optional[bool] = typer.Option(None, "--cmpc/--no-cmpc", help="Cross-Modal Patch token Contrast (eq. 2)"),
+        cmcc: Optional[bool] = typer.Option(None, "--cmcc/--no-cmcc", help="Cross-Modal Class token Contrast (eq. 3)"),
+        epochs: Optional[int] = EpochsOpt, seed: Optional[int] = SeedOpt, device: Optional[str] = DeviceOpt,
+        resume: Optional[bool] = ResumeOpt,
+        config: Optional[Path] = ConfigOpt, preset: Optional[str] = PresetOpt, set_: Optional[List[str]] = SetOpt,
+    ) -> None:
+        _call(stage, config, preset, set_, run=run, name=name, init=init, cmc=cmc, cmpc=cmpc, cmcc=cmcc,
+              optim__epochs=epochs, optim__seed=seed, device=device, resume=resume)
+
+    command.__doc__ = doc
+    app.command(stage)(command)
+
+
+_contrast_command("align", "CMC (eq. 1): align audio tokens, video tokens and class tokens in a shared space -> "
+                           "ckpt/align.pt.")
+_contrast_command("refine", "CMPC (eq. 2) + CMCC (eq. 3): token-level audio-visual contrast -> ckpt/refine.pt "
+                            "(any combination with CMC, for Table 4).")
+
+
+@app.command("pseudo-label")
+def pseudo_label(
+    run: Optional[Path] = RunOpt,
+    split: Optional[str] = typer.Option(None, help="train | val | test (val first: it picks the threshold)"),
+    weights: Optional[str] = typer.Option(None, help="visual weights ckpt/<name>.pt (config default: refine)"),
+    listener: Optional[str] = typer.Option(None, help="listener ckpt/<name>.pt; '' = visual-only CAM baseline "
+                                                      "[config: tvp]"),
+    mode: Optional[str] = typer.Option(None, help="cam | similarity (audio-visual similarity baseline)"),
+    out: Optional[str] = typer.Option(None, help="output folder under the run (config default: pseudo)"),
+    device: Optional[str] = DeviceOpt,
+    config: Optional[Path] = ConfigOpt, preset: Optional[str] = PresetOpt, set_: Optional[List[str]] = SetOpt,
+) -> None:
+    """Audio-guided CAMs -> per-frame masks and soft scores -> <out>/<split>.h5."""
+    _call("pseudo-label", config, preset, set_, run=run, split=split, weights=weights, listener=listener, mode=mode,
+          out=out, device=device)
+
+
+@app.command()
+def crf(
+    features: Optional[Path] = typer.Option(None, help="features artifact (RGB frames)"),
+    predictions: Optional[Path] = typer.Option(None, help="predictions artifact with soft scores"),
+    out: Optional[Path] = typer.Option(None, help="refined predictions artifact"),
+    preset: Optional[str] = typer.Option(None, "--crf-preset", help="toco_cam | toco_seg | psa (config default: toco_cam)"),
+    workers: Optional[int] = typer.Option(None, help="worker processes, 0 = number of cores (config default: 0)"),
+    config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
+) -> None:
+    """Dense CRF refinement of soft scores with the RGB frame (pydensecrf, parallel, resumable)."""
+    _call("crf", config, None, set_, features=features, predictions=predictions, out=out, preset=preset,
+          workers=workers)
+
+
+@app.command("eval")
+def evaluate(
+    features: Optional[Path] = typer.Option(None, help="features artifact of the scored split"),
+    predictions: Optional[Path] = typer.Option(None, help="predictions artifact"),
+    out: Optional[Path] = typer.Option(None, help="metrics JSON (default: next to the predictions)"),
+    name: Optional[str] = typer.Option(None, help="row label in tables"),
+    f_batch_frames: Optional[int] = typer.Option(None, help="official F-score batch in frames (config default: 20)"),
+    avss_padded_frames: Optional[bool] = typer.Option(None, "--avss-padded-frames/--no-avss-padded-frames",
+                                                      help="official AVSS quirk: also score padded frames"),
+    config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
+) -> None:
+    """Official AVSBench metrics (mIoU, F-score) of a predictions artifact -> table + JSON."""
+    _call("eval", config, None, set_, features=features, predictions=predictions, out=out, name=name,
+          f_batch_frames=f_batch_frames, avss_padded_frames=avss_padded_frames)
 
 
 @app.command()

@@ -1,0 +1,287 @@
+"""Pieces the PCAS stages share: model configs, the model bundle, checkpoint chaining and the audio cache.
+
+Checkpoint chain (each file records the artifact ids of what it was made from; a stage refuses stale inputs):
+    features/train.h5 -> visual.pt (Looking) -> tvp.pt (Listening) -> align.pt (CMC) -> refine.pt (CMPC + CMCC)
+Every weights file stores a `model_spec` in its provenance, so any later stage rebuilds the exact architecture.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from pcas_cli.artifacts import ArtifactReader, read_features
+from pcas_cli.console import progress
+from pcas_cli.errors import PcasError, fail
+from pcas_cli.provenance import check_inputs
+
+
+@dataclass(frozen=True)
+class VisualModelConfig:
+    backbone: str = "vit_tiny_p8"  # preset (vit_tiny_p8, vit_base, resnet50, pvt_v2_b2) or any timm model name
+    pretrained: bool = False  # ask timm's hub for pretrained weights (needs the network)
+    weights: str = ""  # local timm-compatible state-dict file to start from ("" = random init)
+
+
+@dataclass(frozen=True)
+class AudioModelConfig:
+    embed_dim: int = 192  # token width D (AST-base: 768)
+    depth: int = 4  # transformer blocks (AST-base: 12)
+    num_heads: int = 3  # attention heads (AST-base: 12)
+    patch_stride: tuple[int, int] = (16, 16)  # (freq, time) stride of the 16x16 patches; AST overlap = (10, 10)
+    context: str = "second"  # "second": one sequence per second [prompt, patches]; "clip": one per clip, interleaved
+
+
+@dataclass(frozen=True)
+class ProjectionConfig:
+    dim: int = 128  # width of CMC's shared audio-visual space
+    hidden: int = 256  # hidden width of the projection MLPs
+
+
+def stage_config(cfg: Any) -> dict[str, Any]:
+    """The config recorded in provenance: everything but `resume`, which does not change any number computed."""
+    from pcas_cli.config import to_dict
+
+    return {k: v for k, v in to_dict(cfg).items() if k != "resume"}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise PcasError(f"--device {name}: CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def run_paths(run: Path) -> dict[str, Path]:
+    """The run folder's fixed layout (DESIGN.md)."""
+    run = Path(run)
+    return {"features": run / "features", "ckpt": run / "ckpt", "pseudo": run / "pseudo", "crf": run / "crf",
+            "metrics": run / "metrics", "baselines": run / "baselines", "seg": run / "seg"}
+
+
+def features_path(run: Path, split: str) -> Path:
+    return run_paths(run)["features"] / f"{split}.h5"
+
+
+def open_features(run: Path, split: str) -> ArtifactReader:
+    return read_features(features_path(run, split))
+
+
+def feature_key(split: str) -> str:
+    return f"features/{split}.h5"
+
+
+# ---- model bundle ----------------------------------------------------------------------------------------------
+
+
+class PCASModel(nn.Module):
+    """The modules PCAS trains. Holds the visual encoder and, from `align` on, the CMC projection heads.
+
+    Not a pipeline of its own: stages call the parts they need. Audio tokens come from the (frozen) TVP audio encoder
+    through `AudioCache`, because "Listening" is finished before alignment starts (Listening-before-Segmentation).
+    """
+
+    def __init__(self, visual: nn.Module, audio_dim: int | None = None, proj: ProjectionConfig | None = None) -> None:
+        super().__init__()
+        from pcas_cli.models import ProjectionHead
+
+        self.visual = visual
+        self.proj_audio = self.proj_patch = self.proj_cls = None
+        if proj is not None and audio_dim is not None:
+            d = visual.embed_dim
+            self.proj_audio = ProjectionHead(audio_dim, proj.dim, proj.hidden)  # audio semantic token
+            self.proj_patch = ProjectionHead(d, proj.dim, proj.hidden)  # per-patch video semantic tokens
+            self.proj_cls = ProjectionHead(d, proj.dim, proj.hidden)  # video class token
+
+    @property
+    def has_projections(self) -> bool:
+        return self.proj_audio is not None
+
+    def forward(self, images: Tensor, audio_tokens: Tensor | None = None, crops: Tensor | None = None
+                ) -> dict[str, Any]:
+        """Everything one training step needs, in one call (so DistributedDataParallel sees a single forward).
+
+        Args:
+            images: (B, 3, H, W) frames in [0, 1].
+            audio_tokens: (B, Da) the audio token a_t of each frame's second (frozen listener), or None.
+            crops: (B, K, 3, h, w) local crops of each frame (CMCC), or None.
+
+        Returns:
+            "visual": VisualOutput; with projections and audio tokens also "z_audio" (B, P), "z_patch" (B, N, P),
+            "z_video" (B, P) = max-pooled z_patch, "z_cls" (B, P); with crops "z_crop" (B, K, P).
+        """
+        out = self.visual(images)
+        res: dict[str, Any] = {"visual": out}
+        if self.has_projections and audio_tokens is not None:
+            res["z_audio"] = self.proj_audio(audio_tokens)
+            res["z_patch"] = self.proj_patch(out.patch_tokens)
+            # Video semantic token: max over patches, the multiple-instance pooling that lets a frame match a sound
+            # made by one object among several (mean pooling would mix in silent objects and background).
+            res["z_video"] = torch.nn.functional.normalize(res["z_patch"].amax(dim=1), dim=-1)
+            res["z_cls"] = self.proj_cls(out.cls_token)
+        if crops is not None and self.has_projections:
+            b, k = crops.shape[:2]
+            crop_out = self.visual(crops.flatten(0, 1))
+            res["z_crop"] = self.proj_cls(crop_out.cls_token).view(b, k, -1)
+        return res
+
+
+def build_visual(spec: dict[str, Any]) -> nn.Module:
+    from pcas_cli.models import build_visual_encoder
+
+    v = spec["visual"]
+    weights = Path(v["weights"]) if v.get("weights") else None
+    return build_visual_encoder(v["backbone"], spec["num_classes"], spec["img_size"], pretrained=v["pretrained"],
+                                weights=weights)
+
+
+def build_audio(spec: dict[str, Any]) -> nn.Module:
+    from pcas_cli.models import AudioEncoder
+
+    a = spec["audio"]
+    return AudioEncoder(spec["num_classes"], embed_dim=a["embed_dim"], depth=a["depth"], num_heads=a["num_heads"],
+                        n_mels=spec["n_mels"], frames_per_second=spec["frames_per_second"],
+                        patch_stride=tuple(a["patch_stride"]), visual_dim=spec["visual_dim"] if spec["tvp"] else None,
+                        max_seconds=spec["max_seconds"], context=a["context"])
+
+
+def base_spec(features: ArtifactReader, visual: VisualModelConfig) -> dict[str, Any]:
+    """Architecture facts every later stage needs to rebuild models (stored in each checkpoint's provenance)."""
+    from pcas_cli.config import to_dict
+
+    return {"num_classes": len(features.classes), "classes": list(features.classes), "img_size": features.dims["H"],
+            "n_mels": features.dims["M"], "frames_per_second": features.dims["F"], "max_seconds": features.dims["T"],
+            "task": features.task, "visual": to_dict(visual)}
+
+
+def load_weights(path: Path, stage: str) -> dict[str, Any]:
+    from pcas_cli.training.checkpoint import load_checkpoint
+
+    return load_checkpoint(path, expect_stage=stage, expect_kind="artifact")
+
+
+def check_fresh(ckpt_path: Path, ckpt: dict[str, Any], current_inputs: dict[str, str]) -> None:
+    """Refuse a checkpoint made from inputs that have since changed (stale)."""
+    check_inputs(ckpt_path, ckpt["provenance"].get("inputs", {}), current_inputs)
+
+
+def load_state(module: nn.Module, state: dict[str, Tensor], prefix: str, path: Path) -> None:
+    """Load the entries of `state` under `prefix` (e.g. "visual.") into `module`, strictly."""
+    sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not sub:
+        raise fail(path, f"holds no '{prefix.rstrip('.')}' weights")
+    try:
+        module.load_state_dict(sub)
+    except RuntimeError as e:
+        raise fail(path, f"weights do not fit the model ({str(e).splitlines()[0]})") from None
+
+
+def visual_from_checkpoint(path: Path, stage: str) -> tuple[PCASModel, dict[str, Any]]:
+    """Rebuild the PCAS model bundle saved by `stage` (train-visual, align or refine) and load its weights."""
+    ckpt = load_weights(path, stage)
+    spec = ckpt["provenance"]["model_spec"]
+    visual = build_visual({**spec, "visual": {**spec["visual"], "weights": "", "pretrained": False}})
+    proj = ProjectionConfig(**spec["proj"]) if spec.get("proj") else None
+    model = PCASModel(visual, spec.get("audio_dim"), proj)
+    missing = set(model.state_dict()) ^ set(ckpt["model"])
+    if missing:
+        raise fail(path, f"weights do not fit the recorded architecture ({sorted(missing)[:3]} ...)")
+    model.load_state_dict(ckpt["model"])
+    return model, ckpt
+
+
+def audio_from_checkpoint(path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    ckpt = load_weights(path, "train-tvp")
+    spec = ckpt["provenance"]["model_spec"]
+    audio = build_audio(spec)
+    load_state(audio, ckpt["model"], "audio.", path)
+    return audio, ckpt
+
+
+# ---- frozen "Listening" outputs --------------------------------------------------------------------------------
+
+
+def frames_to_tensor(frames: np.ndarray, device: torch.device) -> Tensor:
+    """(T, H, W, 3) uint8 -> (T, 3, H, W) float in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+@torch.no_grad()
+def visual_prompts(visual: nn.Module, frames: Tensor, batch: int = 64) -> Tensor:
+    """(T, 3, H, W) -> (T, Dv): the pooled patch token v_t of each frame, the TVP prompt (paper §3.1)."""
+    out = [visual(frames[i:i + batch]).pooled for i in range(0, len(frames), batch)]
+    return torch.cat(out)
+
+
+@dataclass
+class AudioCache:
+    """Per-second audio tokens a_t and sounding-class probabilities of every clip of one split (frozen listener).
+
+    Small: N x T x (D + C) floats. Built once per stage from tvp.pt (+ the visual.pt that prompts it).
+    """
+
+    tokens: Tensor  # (N, T, D) float32
+    probs: Tensor  # (N, T, C) float32, sigmoid of the per-second logits
+    clip_ids: list[str]
+
+
+@torch.no_grad()
+def build_audio_cache(features: ArtifactReader, audio: nn.Module, prompt_visual: nn.Module | None,
+                      device: torch.device, desc: str = "listening") -> AudioCache:
+    """Run the frozen TVP audio encoder over every clip (prompts from the frozen Looking encoder when TVP is on)."""
+    audio = audio.to(device).eval()
+    if prompt_visual is not None:
+        prompt_visual = prompt_visual.to(device).eval()
+    tokens, probs = [], []
+    with progress(transient=True) as bar:
+        task = bar.add_task(desc, total=len(features), info="")
+        for i in range(len(features)):
+            clip = features.clip(i, ("frames", "fbank", "frame_valid"))
+            valid = torch.from_numpy(clip["frame_valid"]).to(device)[None]
+            fbank = torch.from_numpy(clip["fbank"].astype(np.float32)).to(device)[None]
+            prompt = None
+            if prompt_visual is not None:
+                prompt = visual_prompts(prompt_visual, frames_to_tensor(clip["frames"], device))[None]
+            out = audio(fbank, visual_prompt=prompt, second_valid=valid)
+            tokens.append(out.tokens[0].float().cpu())
+            probs.append(torch.sigmoid(out.logits[0].float()).cpu())
+            bar.advance(task)
+    return AudioCache(torch.stack(tokens), torch.stack(probs), features.clip_ids())
+
+
+def listener(run: Path, tvp_ckpt: Path, device: torch.device) -> tuple[nn.Module, nn.Module | None, dict[str, Any]]:
+    """The frozen audio encoder of tvp.pt and, when it was trained with TVP, the Looking encoder that prompts it."""
+    audio, ckpt = audio_from_checkpoint(tvp_ckpt)
+    prompt_visual = None
+    if ckpt["provenance"]["model_spec"]["tvp"]:
+        visual_ckpt = Path(ckpt["provenance"]["visual_checkpoint"])
+        model, vck = visual_from_checkpoint(visual_ckpt, "train-visual")
+        check_fresh(tvp_ckpt, ckpt, {"ckpt/visual.pt": vck["artifact_id"]})
+        prompt_visual = model.visual
+    return audio.to(device), prompt_visual, ckpt
+
+
+def frame_classes_from_masks(masks: np.ndarray, mask_valid: np.ndarray, labels: np.ndarray, task: str) -> np.ndarray:
+    """(T, C) ground-truth sounding classes per frame, for SCORING the audio classifier only (never training).
+
+    Semantic masks give the classes directly. Binary masks only say whether something sounds: the frame's classes are
+    then the video labels when the mask is non-empty (exact for single-source S4; an upper set for MS3).
+    """
+    t, c = masks.shape[0], labels.shape[0]
+    out = np.zeros((t, c), np.uint8)
+    for i in range(t):
+        if not mask_valid[i]:
+            continue
+        if task == "semantic":
+            present = np.unique(masks[i])
+            present = present[(present > 0) & (present <= c)]
+            out[i, present - 1] = 1
+        elif masks[i].any():
+            out[i] = labels
+    return out

@@ -1,0 +1,178 @@
+"""The contrastive training task behind `pcas align` (CMC) and `pcas refine` (CMPC + CMCC), paper §3.2.
+
+One step, for a batch of frames x_t with their clip's video labels y and the frozen listener's a_t, p_t:
+- cls:  ToCo multi-label loss of the visual classifier (keeps the CAM weights trained).
+- CMC (eq. 1): supervised contrast between z_audio = P_a(a_t), z_video = maxpool_n P_v(patch_n), z_cls = P_c(cls);
+  audio labels = y * [p_t > audio_threshold] (which of the video's classes sound *now*), visual labels = y.
+- CMPC (eq. 2): patch labels from cos(P_v(patch_n), z_audio) (high / low bands, per-frame min-max normalised;
+  silent seconds ignored), then ToCo's patch token contrast on the encoder's final patch tokens.
+- CMCC (eq. 3): K random local crops per frame; a crop is positive when it covers sounding patches (by the CMPC
+  labels); InfoNCE between crop class tokens and the (detached) global class token, in P_c's space.
+Each term can be switched off; every term is logged separately.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import roi_align
+
+from pcas_cli.config import to_dict
+from pcas_cli.console import CONSOLE
+from pcas_cli.errors import PcasError
+from pcas_cli.losses import (IGNORE, cmc_loss, cmcc_loss, cmpc_loss, crop_labels_from_patch_labels, multilabel_loss,
+                             patch_labels_from_audio)
+from pcas_cli.provenance import make_provenance
+from pcas_cli.stages._common import (AudioCache, PCASModel, ProjectionConfig, build_audio_cache, check_fresh,
+                                     feature_key, features_path, listener, open_features, resolve_device, run_paths,
+                                     stage_config, visual_from_checkpoint)
+from pcas_cli.training.data import AugmentConfig, FrameDataset
+from pcas_cli.training.loop import OptimConfig, TrainTask, fit
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    cls: float = 1.0  # visual multi-label classification (always on: CAMs are read from this classifier)
+    cmc: float = 1.0  # Cross-Modal Contrast, eq. 1
+    cmpc: float = 0.2  # Cross-Modal Patch token Contrast, eq. 2 (ToCo's PTC weight)
+    cmcc: float = 0.5  # Cross-Modal Class token Contrast, eq. 3 (ToCo's CTC weight)
+
+
+@dataclass(frozen=True)
+class CMPCParams:
+    high: float = 0.7  # normalised audio-patch similarity at or above which a patch counts as sounding
+    low: float = 0.35  # at or below which it counts as not sounding; between: ignored
+    normalize: bool = True  # thresholds relative to each frame's similarity range (robust to the scale of cosines)
+
+
+@dataclass(frozen=True)
+class CMCCParams:
+    crops: int = 4  # local crops per frame (ToCo: 8 per image)
+    crop_fraction: float = 0.4  # crop side as a fraction of the frame side (ToCo: 96 of 448 px ~ 0.21)
+    crop_size: int = 48  # crops are resized to this many pixels
+    positive_share: float = 0.1  # a crop is positive when its sounding share (ToCo ROI rule) exceeds this
+    temperature: float = 0.5  # tau of eq. 3 (ToCo VOC: 0.5)
+    eps: float = 1e-4  # epsilon of eq. 3
+
+
+@dataclass(frozen=True)
+class ContrastConfig:
+    run: Path = Path("data/runs/synth-avss")  # run folder
+    name: str = ""  # output stem in ckpt/ ("" = the stage name: align / refine)
+    init: str = ""  # weights to start from: "visual" (ckpt/visual.pt) or "align" (ckpt/align.pt); "" = stage default
+    listener: str = "tvp"  # which listener checkpoint gives a_t, p_t (ckpt/<listener>.pt)
+    cmc: bool = True  # use CMC (eq. 1)
+    cmpc: bool = False  # use CMPC (eq. 2)
+    cmcc: bool = False  # use CMCC (eq. 3)
+    cmc_temperature: float = 0.1  # tau of eq. 1
+    audio_threshold: float = 0.5  # a class sounds in second t when the listener's probability exceeds this
+    weights: LossWeights = field(default_factory=LossWeights)  # loss weights
+    cmpc_params: CMPCParams = field(default_factory=CMPCParams)  # CMPC thresholds
+    cmcc_params: CMCCParams = field(default_factory=CMCCParams)  # CMCC crops
+    proj: ProjectionConfig = field(default_factory=ProjectionConfig)  # shared-space projection heads
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(optimizer="adamw", lr=3e-4, weight_decay=0.05,
+                                                                   epochs=4, warmup_epochs=1, batch_size=32,
+                                                                   clip_grad_norm=1.0))  # optimisation
+    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(crop_scale=(0.6, 1.0), hflip=0.5))
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    resume: bool = False  # continue an interrupted run
+
+
+def random_boxes(b: int, k: int, fraction: float, generator: torch.Generator | None = None) -> Tensor:
+    """(B, K, 4) square boxes (x0, y0, x1, y1) of side `fraction` in normalised coordinates, uniformly placed."""
+    origin = torch.rand(b, k, 2, generator=generator) * (1.0 - fraction)
+    return torch.cat([origin, origin + fraction], dim=-1)
+
+
+def cut_crops(images: Tensor, boxes: Tensor, size: int) -> Tensor:
+    """(B, 3, H, W), (B, K, 4) normalised boxes -> (B, K, 3, size, size) bilinear crops (roi_align)."""
+    b, _, h, w = images.shape
+    k = boxes.shape[1]
+    scale = torch.tensor([w, h, w, h], dtype=images.dtype, device=images.device)
+    rois = [bx.to(images) * scale for bx in boxes]  # per image (K, 4) in pixels
+    crops = roi_align(images, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    return crops.view(b, k, *crops.shape[1:])
+
+
+class ContrastTask(TrainTask):
+    find_unused_parameters = True  # with CMC off the projection heads get no gradient
+
+    def __init__(self, cfg: ContrastConfig, model: PCASModel, cache: AudioCache) -> None:
+        self.cfg = cfg
+        self.model = model
+        self.cache = cache
+
+    def train_dataset(self) -> FrameDataset:
+        return FrameDataset(features_path(self.cfg.run, "train"), fields=("frames", "labels"),
+                            augment=self.cfg.augment)
+
+    def loss_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
+        cfg = self.cfg
+        images, labels = batch["image"], batch["labels"]  # (B, 3, H, W), (B, C)
+        clip, t = batch["clip_index"].cpu().long(), batch["frame_index"].cpu().long()
+        a_t = self.cache.tokens[clip, t].to(images)  # (B, Da)
+        sounding = labels * (self.cache.probs[clip, t].to(images) > cfg.audio_threshold)  # (B, C) sounds now
+        crops = boxes = None
+        if cfg.cmcc:
+            boxes = random_boxes(len(images), cfg.cmcc_params.crops, cfg.cmcc_params.crop_fraction)
+            crops = cut_crops(images, boxes, cfg.cmcc_params.crop_size)
+        out = model(images, audio_tokens=a_t, crops=crops)
+        v = out["visual"]
+        terms = {"cls": cfg.weights.cls * multilabel_loss(v.logits, labels)}
+        if cfg.cmc:
+            terms["cmc"] = cfg.weights.cmc * cmc_loss(out["z_audio"], out["z_video"], out["z_cls"], sounding, labels,
+                                                      labels, temperature=cfg.cmc_temperature)
+        if cfg.cmpc or cfg.cmcc:
+            patch_labels = self.patch_labels(out["z_patch"].detach(), out["z_audio"].detach(), sounding)  # (B, N)
+        if cfg.cmpc:
+            terms["cmpc"] = cfg.weights.cmpc * cmpc_loss(v.patch_tokens, patch_labels)
+        if cfg.cmcc:
+            h, w = v.grid
+            positive = crop_labels_from_patch_labels(patch_labels.view(-1, h, w), boxes.to(images.device),
+                                                     cfg.cmcc_params.positive_share)
+            terms["cmcc"] = cfg.weights.cmcc * cmcc_loss(out["z_cls"].detach(), out["z_crop"], positive,
+                                                         cfg.cmcc_params.temperature, cfg.cmcc_params.eps)
+        return terms
+
+    def patch_labels(self, z_patch: Tensor, z_audio: Tensor, sounding: Tensor) -> Tensor:
+        """CMPC labels (eq. 2); frames whose second is silent carry no audio evidence and are ignored."""
+        p = self.cfg.cmpc_params
+        labels = patch_labels_from_audio(z_patch, z_audio, p.high, p.low, normalize=p.normalize)
+        labels[sounding.sum(dim=1) == 0] = IGNORE
+        return labels
+
+
+def run_contrast(cfg: ContrastConfig, stage: str, default_init: str) -> Path:
+    """Train the visual encoder + projection heads with the enabled terms; writes ckpt/<name>.pt."""
+    if not (cfg.cmc or cfg.cmpc or cfg.cmcc):
+        raise PcasError(f"{stage}: enable at least one of cmc, cmpc, cmcc")
+    device = resolve_device(cfg.device)
+    ckpt_dir = run_paths(cfg.run)["ckpt"]
+    init = cfg.init or default_init
+    init_stage = {"visual": "train-visual", "align": "align"}.get(init)
+    if init_stage is None:
+        raise PcasError(f"{stage}: init must be 'visual' or 'align', got {init!r}")
+    init_path, listener_path = ckpt_dir / f"{init}.pt", ckpt_dir / f"{cfg.listener}.pt"
+    train = open_features(cfg.run, "train")
+    model, init_ckpt = visual_from_checkpoint(init_path, init_stage)
+    audio, prompt_visual, lck = listener(cfg.run, listener_path, device)
+    inputs = {feature_key("train"): train.artifact_id, f"ckpt/{init}.pt": init_ckpt["artifact_id"],
+              f"ckpt/{cfg.listener}.pt": lck["artifact_id"]}
+    check_fresh(init_path, init_ckpt, inputs)
+    check_fresh(listener_path, lck, inputs)
+    if not model.has_projections:  # starting from visual.pt: add the shared-space heads
+        fresh = PCASModel(model.visual, audio.embed_dim, cfg.proj)
+        model = fresh
+    cache = build_audio_cache(train, audio, prompt_visual, device)
+    spec = {**init_ckpt["provenance"]["model_spec"], "proj": to_dict(cfg.proj), "audio_dim": audio.embed_dim}
+    prov = make_provenance(stage, stage_config(cfg), cfg.optim.seed, inputs)
+    prov["model_spec"] = spec
+    name = cfg.name or stage
+    result = fit(ContrastTask(cfg, model, cache), cfg.optim, ckpt_dir, name, prov, resume=cfg.resume,
+                 device=cfg.device)
+    CONSOLE.print(f"[green]wrote[/green] {result.best_path}")
+    return result.best_path

@@ -1,0 +1,196 @@
+"""`pcas pseudo-label`: audio-guided class activation maps -> per-frame sounding-object masks (paper §3, Fig. 1).
+
+For frame t of a clip:
+1. Which classes sound now: the frozen listener's per-second probabilities p_t (TVP audio encoder). On the train
+   split they may be intersected with the video labels; on val/test only predictions are used, never ground truth.
+   (The visual-only CAM baseline uses the visual classifier's probabilities instead and no audio.)
+2. Class maps: multi-scale + flip CAMs of the visual classifier (ToCo), per-class min-max normalised, absent classes
+   zeroed, then sharpened by the audio-patch similarity cos(P_v(patch), P_a(a_t)) learned by CMC/CMPC:
+   cam_c * sim^alpha. The "similarity" mode (an EZ-VSL-like baseline) uses sim * p_t[c] as the class maps instead.
+3. Background where every class map is <= the background threshold; semantic mask = argmax. Soft scores are the
+   softmax over [threshold, class maps] (ToCo's CRF unary); binary data sets keep [1 - fg, fg] with fg = 1 - p_bg.
+
+The background threshold is chosen on val (sweeping `bg_thresholds`, scored against val masks: the only use of
+ground truth here) and recorded in val's artifact; other splits read it from there, so test never tunes on test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pcas_cli.artifacts import ArtifactReader, read_predictions
+from pcas_cli.cam import cam_to_scores, mask_absent, multiscale_cam, normalize_cam, scores_to_probs
+from pcas_cli.console import CONSOLE, progress
+from pcas_cli.errors import PcasError
+from pcas_cli.metrics import BinaryMIoU, SemanticScores
+from pcas_cli.provenance import make_provenance
+from pcas_cli.stages._common import (build_audio_cache, feature_key, frames_to_tensor, listener, open_features,
+                                     resolve_device, run_paths, stage_config, visual_from_checkpoint)
+from pcas_cli.stages._predict import write_predictions
+
+
+@dataclass(frozen=True)
+class PseudoLabelConfig:
+    run: Path = Path("data/runs/synth-avss")  # run folder
+    split: str = "test"  # split to label: train | val | test (val first: it chooses the threshold)
+    weights: str = "refine"  # visual weights: ckpt/<weights>.pt (refine, align, or visual for the CAM baseline)
+    listener: str = "tvp"  # ckpt/<listener>.pt says which classes sound; "" = visual-only (CAM baseline)
+    mode: Literal["cam", "similarity"] = "cam"  # class maps from CAMs, or from audio-patch similarity (baseline)
+    out: str = "pseudo"  # output folder under the run: <out>/<split>.h5
+    audio_threshold: float = 0.5  # class c sounds in second t when p_t[c] exceeds this
+    visual_threshold: float = 0.5  # visual-only: class c is present when the classifier's probability exceeds this
+    train_use_labels: bool = True  # on train, also require the class to be in the clip's video labels
+    sim_alpha: float = 1.0  # exponent of the similarity sharpening (0 = plain CAMs)
+    scales: tuple[float, ...] = (1.0, 0.5, 1.5)  # multi-scale CAM (ToCo)
+    flip: bool = True  # merge each scale with its horizontal flip
+    bg_thresholds: tuple[float, ...] = (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)  # swept on val
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+@dataclass
+class FrameMaps:
+    """Class maps of one clip before thresholding."""
+
+    maps: Tensor  # (T, C, H, W) in [0, 1], absent classes 0
+    presence: Tensor  # (T, C) probabilities that class c sounds (or is visible, visual-only) in frame t
+
+
+class MapMaker:
+    """Computes class maps clip by clip for one split (streams; memory does not grow with the split)."""
+
+    def __init__(self, cfg: PseudoLabelConfig, features: ArtifactReader, device: torch.device) -> None:
+        self.cfg, self.features, self.device = cfg, features, device
+        ckpt_dir = run_paths(cfg.run)["ckpt"]
+        stage = {"visual": "train-visual", "align": "align"}.get(cfg.weights.split("-")[0], "refine")
+        self.model, wck = visual_from_checkpoint(ckpt_dir / f"{cfg.weights}.pt", stage)
+        self.model = self.model.to(device).eval()
+        self.inputs = {feature_key(cfg.split): features.artifact_id, f"ckpt/{cfg.weights}.pt": wck["artifact_id"]}
+        self.cache = None
+        if cfg.listener:
+            audio, prompt_visual, lck = listener(cfg.run, ckpt_dir / f"{cfg.listener}.pt", device)
+            self.inputs[f"ckpt/{cfg.listener}.pt"] = lck["artifact_id"]
+            self.cache = build_audio_cache(features, audio, prompt_visual, device, desc=f"listening ({cfg.split})")
+        if cfg.mode == "similarity" and not (self.cache is not None and self.model.has_projections):
+            raise PcasError("similarity mode needs a listener and weights with projection heads (align / refine)")
+
+    @torch.no_grad()
+    def clip_maps(self, i: int) -> FrameMaps:
+        cfg = self.cfg
+        clip = self.features.clip(i, ("frames", "labels", "frame_valid"))
+        images = frames_to_tensor(clip["frames"], self.device)  # (T, 3, H, W)
+        visual = self.model.visual
+        out = visual(images)
+        if self.cache is not None:
+            presence = self.cache.probs[i].to(self.device)  # (T, C)
+            present = (presence > cfg.audio_threshold).float()
+        else:
+            presence = torch.sigmoid(out.logits)  # visual-only: classes visible in the frame
+            present = (presence > cfg.visual_threshold).float()
+        if cfg.split == "train" and cfg.train_use_labels:
+            present = present * torch.from_numpy(clip["labels"]).float().to(self.device)[None]
+        present = present * torch.from_numpy(clip["frame_valid"]).float().to(self.device)[:, None]
+        sim = self.similarity(out, i, images.shape[-2:]) if self.cache is not None and self.model.has_projections \
+            else None
+        if cfg.mode == "similarity":
+            maps = sim[:, None] * presence[:, :, None, None]  # (T, C, H, W)
+        else:
+            cams = multiscale_cam(lambda x: visual.cam(*_tokens(visual, x)), images, cfg.scales, cfg.flip)
+            maps = normalize_cam(cams)
+            if sim is not None and cfg.sim_alpha > 0:
+                maps = maps * sim[:, None].clamp(min=0) ** cfg.sim_alpha
+        return FrameMaps(mask_absent(maps, present), presence)
+
+    def similarity(self, out: Any, i: int, size: tuple[int, int]) -> Tensor:
+        """(T, H, W) per-frame min-max normalised cos(P_v(patch), P_a(a_t)), upsampled to the frame."""
+        z_patch = self.model.proj_patch(out.patch_tokens)  # (T, N, P)
+        z_audio = self.model.proj_audio(self.cache.tokens[i].to(self.device))  # (T, P)
+        s = torch.einsum("tnp,tp->tn", z_patch, z_audio)  # unit vectors: cosine
+        h, w = out.grid
+        s = s.view(-1, 1, h, w)
+        lo, hi = s.amin(dim=(2, 3), keepdim=True), s.amax(dim=(2, 3), keepdim=True)
+        s = (s - lo) / (hi - lo + 1e-5)
+        return F.interpolate(s, size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def _tokens(visual: Any, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+    out = visual(x)
+    return out.patch_tokens, out.grid
+
+
+def to_prediction(maps: FrameMaps, bg_threshold: float, task: str) -> tuple[np.ndarray, np.ndarray]:
+    """(T, K, H, W) float16 soft scores and (T, H, W) uint8 masks from class maps (see module docstring, step 3)."""
+    scores = cam_to_scores(maps.maps, bg_threshold)  # (T, C + 1, H, W), channel 0 = background
+    present = maps.maps.flatten(2).amax(dim=2) > 0  # (T, C): classes kept after masking
+    probs = scores_to_probs(scores, class_presence=present.float())
+    masks = scores.masked_fill(~torch.cat([torch.ones_like(present[:, :1]), present], 1)[:, :, None, None],
+                               -1.0).argmax(dim=1)  # ties -> background (first channel)
+    if task == "binary":
+        fg = 1.0 - probs[:, 0]
+        probs = torch.stack([1.0 - fg, fg], dim=1)
+        masks = (masks > 0).long()
+    return probs.cpu().numpy().astype(np.float16), masks.cpu().numpy().astype(np.uint8)
+
+
+def sweep_threshold(maker: MapMaker, thresholds: tuple[float, ...]) -> tuple[float, dict[float, float]]:
+    """Choose the background threshold with the best val mIoU (official metric of the task); returns all scores."""
+    feats = maker.features
+    if feats.task == "semantic":
+        accs = {t: SemanticScores(len(feats.classes) + 1) for t in thresholds}
+    else:
+        accs = {t: BinaryMIoU() for t in thresholds}
+    with progress(transient=True) as bar:
+        task = bar.add_task("choosing threshold on val", total=len(feats), info="")
+        for i in range(len(feats)):
+            maps = maker.clip_maps(i)
+            gt = feats.clip(i, ("masks", "mask_valid"))
+            keep = gt["mask_valid"]
+            for t, acc in accs.items():
+                _, masks = to_prediction(maps, t, feats.task)
+                acc.update(masks[keep], gt["masks"][keep])
+            bar.advance(task)
+    scores = {t: float(acc.result()["miou"]) for t, acc in accs.items()}
+    best = max(thresholds, key=lambda t: (scores[t], -abs(t - 0.5)))
+    return best, scores
+
+
+def threshold_from_val(cfg: PseudoLabelConfig) -> tuple[float, str]:
+    val_path = Path(cfg.run) / cfg.out / "val.h5"
+    if not val_path.exists():
+        raise PcasError(f"{val_path}: not found; run `pcas pseudo-label --split val` first (it chooses the "
+                        "background threshold on val)")
+    val = read_predictions(val_path)
+    return float(val.meta["bg_threshold"]), val.artifact_id
+
+
+def iter_rows(maker: MapMaker, bg_threshold: float) -> Iterator[dict[str, Any]]:
+    feats = maker.features
+    for i in range(len(feats)):
+        maps = maker.clip_maps(i)
+        scores, masks = to_prediction(maps, bg_threshold, feats.task)
+        yield {"clip_id": feats.read("clip_id", i), "scores": scores, "masks": masks,
+               "frame_classes": maps.presence.cpu().numpy().astype(np.float32)}
+
+
+def run(cfg: PseudoLabelConfig) -> Path:
+    device = resolve_device(cfg.device)
+    feats = open_features(cfg.run, cfg.split)
+    maker = MapMaker(cfg, feats, device)
+    inputs = dict(maker.inputs)
+    sweep: dict[float, float] = {}
+    if cfg.split == "val":
+        bg, sweep = sweep_threshold(maker, cfg.bg_thresholds)
+        CONSOLE.print(f"background threshold chosen on val: {bg} (val mIoU {sweep[bg]:.4f})")
+    else:
+        bg, val_id = threshold_from_val(cfg)
+        inputs[f"{cfg.out}/val.h5"] = val_id
+    meta = {"bg_threshold": bg, "threshold_sweep_val_miou": {str(k): v for k, v in sweep.items()}, "method": cfg.out}
+    prov = make_provenance("pseudo-label", stage_config(cfg), None, inputs)
+    return write_predictions(Path(cfg.run) / cfg.out / f"{cfg.split}.h5", feats, iter_rows(maker, bg), meta, prov,
+                             f"{cfg.out} {cfg.split}")

@@ -1,0 +1,162 @@
+"""`pcas train-tvp` (Listening, paper §3.1): per-second audio classification with Temporal Visual Prompting.
+
+The frozen Looking encoder (ckpt/visual.pt) gives each frame's pooled patch token v_t; TVP inserts it into the audio
+token sequence beside second t's audio tokens. The audio encoder is trained from video-level labels only, through a
+multiple-instance loss (losses.audio_mil_loss): a labelled class must sound in some second, an absent one in none.
+With `tvp = false` the same encoder runs without prompts (paper Table 3, "AST").
+
+Validation (and the Table 3 numbers) scores the per-second predictions against the per-frame sounding classes read
+from the val masks: scoring only, never training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from pcas_cli.artifacts import ArtifactReader
+from pcas_cli.config import to_dict
+from pcas_cli.console import CONSOLE
+from pcas_cli.losses import audio_mil_loss
+from pcas_cli.metrics_cls import exact_set_accuracy, mean_average_precision
+from pcas_cli.provenance import make_provenance
+from pcas_cli.stages._common import (AudioModelConfig, audio_from_checkpoint, build_audio, check_fresh, feature_key,
+                                     features_path, frame_classes_from_masks, frames_to_tensor, open_features,
+                                     resolve_device, run_paths, stage_config, visual_from_checkpoint, visual_prompts)
+from pcas_cli.training.data import AugmentConfig, ClipDataset
+from pcas_cli.training.loop import OptimConfig, TrainTask, fit
+from pcas_cli.writing import write_json
+
+
+@dataclass(frozen=True)
+class TrainTVPConfig:
+    run: Path = Path("data/runs/synth-avss")  # run folder (reads features/ and ckpt/visual.pt)
+    tvp: bool = True  # Temporal Visual Prompting; false = plain AST (Table 3 ablation)
+    name: str = ""  # output stem in ckpt/ ("" = "tvp" with TVP, "ast" without)
+    audio: AudioModelConfig = field(default_factory=AudioModelConfig)  # audio encoder size
+    mil_sharpness: float = 5.0  # log-sum-exp pooling sharpness of the MIL loss (large = max over seconds)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(optimizer="adamw", lr=5e-4, weight_decay=0.01,
+                                                                   epochs=20, warmup_epochs=2, batch_size=16,
+                                                                   clip_grad_norm=1.0))  # optimisation
+    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(time_mask=20, freq_mask=24))
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    resume: bool = False  # continue an interrupted run
+
+    @property
+    def stem(self) -> str:
+        return self.name or ("tvp" if self.tvp else "ast")
+
+
+class Listener(nn.Module):
+    """Wraps the audio encoder so checkpoints hold `audio.*` keys."""
+
+    def __init__(self, audio: nn.Module) -> None:
+        super().__init__()
+        self.audio = audio
+
+    def forward(self, fbank: Tensor, prompts: Tensor | None, second_valid: Tensor) -> Any:
+        return self.audio(fbank, visual_prompt=prompts, second_valid=second_valid)
+
+
+@torch.no_grad()
+def prompt_cache(features: ArtifactReader, visual: nn.Module, device: torch.device) -> Tensor:
+    """(N, T, Dv) TVP prompts of every clip from the frozen Looking encoder (computed once, not every epoch)."""
+    visual = visual.to(device).eval()
+    out = [visual_prompts(visual, frames_to_tensor(features.read("frames", i), device)).cpu()
+           for i in range(len(features))]
+    return torch.stack(out)
+
+
+class TVPTask(TrainTask):
+    select_metric = "map"
+
+    def __init__(self, cfg: TrainTVPConfig, spec: dict[str, Any], prompts: Tensor | None, val: "ListenerEval") -> None:
+        self.cfg = cfg
+        self.model = Listener(build_audio(spec))
+        self.prompts = prompts
+        self.val = val
+
+    def train_dataset(self) -> ClipDataset:
+        return ClipDataset(features_path(self.cfg.run, "train"), fields=("fbank", "labels", "frame_valid"),
+                           augment=self.cfg.augment)
+
+    def loss_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
+        prompts = None
+        if self.prompts is not None:
+            prompts = self.prompts[batch["index"].cpu()].to(batch["fbank"].device)
+        out = model(batch["fbank"], prompts, batch["frame_valid"])
+        return {"mil": audio_mil_loss(out.logits, batch["labels"], batch["frame_valid"], self.cfg.mil_sharpness)}
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        return self.val.score(model.audio)
+
+
+class ListenerEval:
+    """Frame-level audio classification on one split: per-second predictions vs per-frame sounding classes."""
+
+    def __init__(self, features: ArtifactReader, prompts: Tensor | None, device: torch.device) -> None:
+        self.features = features
+        self.prompts = prompts
+        self.device = device
+        targets, keep = [], []
+        for i in range(len(features)):
+            clip = features.clip(i, ("masks", "mask_valid", "labels"))
+            targets.append(frame_classes_from_masks(clip["masks"], clip["mask_valid"], clip["labels"], features.task))
+            keep.append(clip["mask_valid"])
+        self.targets = np.stack(targets)  # (N, T, C): scoring only
+        self.keep = np.stack(keep)  # (N, T): seconds with a ground-truth mask
+
+    @torch.no_grad()
+    def score(self, audio: nn.Module) -> dict[str, float]:
+        was_training = audio.training
+        audio.eval()
+        probs = []
+        for i in range(len(self.features)):
+            clip = self.features.clip(i, ("fbank", "frame_valid"))
+            fbank = torch.from_numpy(clip["fbank"].astype(np.float32)).to(self.device)[None]
+            valid = torch.from_numpy(clip["frame_valid"]).to(self.device)[None]
+            prompts = None if self.prompts is None else self.prompts[i:i + 1].to(self.device)
+            probs.append(torch.sigmoid(audio(fbank, visual_prompt=prompts, second_valid=valid).logits[0]).cpu())
+        audio.train(was_training)
+        p = torch.stack(probs).numpy()[self.keep]  # (frames, C)
+        y = self.targets[self.keep]
+        return {"map": mean_average_precision(p, y), "exact_acc": exact_set_accuracy(p, y), "frames": int(len(y))}
+
+
+def run(cfg: TrainTVPConfig) -> Path:
+    device = resolve_device(cfg.device)
+    ckpt_dir = run_paths(cfg.run)["ckpt"]
+    train, val = open_features(cfg.run, "train"), open_features(cfg.run, "val")
+    visual_path = ckpt_dir / "visual.pt"
+    bundle, vck = visual_from_checkpoint(visual_path, "train-visual")
+    inputs = {feature_key("train"): train.artifact_id, feature_key("val"): val.artifact_id}
+    check_fresh(visual_path, vck, inputs)
+    spec = {**vck["provenance"]["model_spec"], "audio": to_dict(cfg.audio), "tvp": cfg.tvp,
+            "visual_dim": bundle.visual.embed_dim}
+    prov = make_provenance("train-tvp", stage_config(cfg), cfg.optim.seed,
+                           {**inputs, "ckpt/visual.pt": vck["artifact_id"]})
+    prov.update(model_spec=spec, visual_checkpoint=str(visual_path))
+    train_prompts = val_prompts = None
+    if cfg.tvp:
+        train_prompts = prompt_cache(train, bundle.visual, device)
+        val_prompts = prompt_cache(val, bundle.visual, device)
+    task = TVPTask(cfg, spec, train_prompts, ListenerEval(val, val_prompts, device))
+    result = fit(task, cfg.optim, ckpt_dir, cfg.stem, prov, resume=cfg.resume, device=cfg.device)
+    write_listener_metrics(cfg, result.best_path, task, device)
+    return result.best_path
+
+
+def write_listener_metrics(cfg: TrainTVPConfig, best: Path, task: TVPTask, device: torch.device) -> None:
+    """Table 3 numbers of the selected weights on val: metrics/audio-<stem>.json."""
+    audio, ckpt = audio_from_checkpoint(best)
+    scores = task.val.score(audio.to(device))
+    out = run_paths(cfg.run)["metrics"] / f"audio-{cfg.stem}.json"
+    write_json(out, {"name": "AST + TVP" if cfg.tvp else "AST", "split": "val", **scores,
+                     "weights": str(best), "weights_id": ckpt["artifact_id"]})
+    CONSOLE.print(f"[green]{'AST + TVP' if cfg.tvp else 'AST'}[/green] on val: per-second mAP "
+                  f"{scores['map']:.3f}, exact-set accuracy {scores['exact_acc']:.3f} ({scores['frames']} frames)")
