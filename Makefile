@@ -1,6 +1,9 @@
-# pcas: `make reproduce` runs the whole pipeline on the embedded synthetic data; `make test` runs the tests.
-# Both create .venv and install everything on a fresh machine. Targets are artifact files, so Make reruns only what
-# changed: editing stages/<stage>.toml reruns that stage and everything downstream of it, nothing upstream.
+# pcas: `make reproduce` runs the whole pipeline on the embedded synthetic data and writes results/;
+# `make test` runs the tests. Both create .venv and install everything on a fresh machine.
+#
+# Targets are artifact files, so Make reruns only what changed: editing stages/<stage>.toml reruns that stage and
+# everything downstream of it, nothing upstream. Every artifact also records the config, seed, code version and
+# input fingerprints that made it, and stages refuse stale inputs.
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -11,16 +14,19 @@ STAMP := $(VENV)/.installed
 RAW := data/raw
 RUNS := data/runs
 LAYOUTS := avss s4 ms3
-export OMP_NUM_THREADS ?= 2
+# Wall time and peak memory of every pcas command go here (read by `pcas report`).
+export PCAS_TIMINGS := $(abspath data/timings.jsonl)
 
-.PHONY: install test test-slow reproduce baselines bench clean-runs help
+.PHONY: help install test test-slow reproduce reproduce-ablations results bench bench-avdigits clean-runs
 .DELETE_ON_ERROR:
+.SECONDARY:
 
 help:
-	@echo "make reproduce   run the pipeline on the embedded synthetic data, write results/"
-	@echo "make test        run the test suite (fast part)"
-	@echo "make test-slow   run the heavier tests (distributed, long smoke runs)"
-	@echo "make bench       speed / memory benchmarks -> results/bench.json"
+	@echo "make reproduce            embedded synthetic data -> all stages -> results/ (Tables 1-3, timings)"
+	@echo "make reproduce-ablations  Table 4: every combination of CMC / CMPC / CMCC on the AVSS-layout data"
+	@echo "make test                 the test suite (fast part);  make test-slow: heavier tests"
+	@echo "make bench                speed / memory benchmarks -> results/bench.md"
+	@echo "make bench-avdigits       the AV-Digits benchmark (MNIST + FSDD from ../shared/data) -> results/avdigits.md"
 
 # torch/torchvision/torchaudio versions are pinned in pyproject.toml (the combination known to work here).
 $(STAMP): pyproject.toml
@@ -37,20 +43,124 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
-# ---- embedded synthetic data, one data set per AVSBench layout -------------------------------------------------
-$(RAW)/synth-%/.done: stages/synth.toml $(STAMP)
+# ---- data: embedded synthetic data sets, one per AVSBench layout ---------------------------------------------
+$(RAW)/synth-%/.complete: stages/synth.toml | $(STAMP)
 	$(PCAS) synth --layout $* --root $(RAW)/synth-$*
 	touch $@
 
-# ---- extract: features/{train,val,test}.h5 (multi-target pattern rule: made together) -------------------------
-$(RUNS)/synth-%/features/train.h5 $(RUNS)/synth-%/features/val.h5 $(RUNS)/synth-%/features/test.h5 &: \
-		$(RAW)/synth-%/.done stages/extract.toml
-	$(PCAS) extract --layout $* --root $(RAW)/synth-$* --run $(RUNS)/synth-$*
+# AV-Digits: real handwriting (MNIST) and real speech (FSDD) from ../shared/data (or MNIST=... FSDD=...).
+MNIST ?= ../shared/data/mnist/mnist_uint8.npz
+FSDD ?= ../shared/data/fsdd/recordings
+$(RAW)/avdigits-%/.complete: stages/build-avdigits.toml | $(STAMP)
+	$(PCAS) build-avdigits --layout $* --root $(RAW)/avdigits-$* --mnist $(MNIST) --fsdd $(FSDD)
+	touch $@
 
-FEATURES = $(foreach l,$(LAYOUTS),$(foreach s,train val test,$(RUNS)/synth-$(l)/features/$(s).h5))
+# ---- per-run pipeline; % is the run name (synth-avss, synth-s4, synth-ms3, avdigits-avss, ...) ---------------
+# The raw data folder of run R is $(RAW)/R; its layout is the part after the last '-'.
+layout = $(lastword $(subst -, ,$(1)))
 
-reproduce: $(FEATURES)
-	@echo "features ready for: $(LAYOUTS)"
+$(RUNS)/%/features/train.h5 $(RUNS)/%/features/val.h5 $(RUNS)/%/features/test.h5 &: \
+		$(RAW)/%/.complete stages/extract.toml
+	$(PCAS) extract --layout $(call layout,$*) --root $(RAW)/$* --run $(RUNS)/$*
+
+FEATS = $(RUNS)/%/features/train.h5 $(RUNS)/%/features/val.h5 $(RUNS)/%/features/test.h5
+
+$(RUNS)/%/ckpt/visual.pt: $(FEATS) stages/train-visual.toml
+	$(PCAS) train-visual --run $(RUNS)/$*
+
+$(RUNS)/%/ckpt/tvp.pt: $(RUNS)/%/ckpt/visual.pt stages/train-tvp.toml
+	$(PCAS) train-tvp --run $(RUNS)/$* --tvp
+
+$(RUNS)/%/ckpt/ast.pt: $(RUNS)/%/ckpt/visual.pt stages/train-tvp.toml
+	$(PCAS) train-tvp --run $(RUNS)/$* --no-tvp
+
+$(RUNS)/%/ckpt/align.pt: $(RUNS)/%/ckpt/tvp.pt stages/align.toml
+	$(PCAS) align --run $(RUNS)/$*
+
+$(RUNS)/%/ckpt/refine.pt: $(RUNS)/%/ckpt/align.pt stages/refine.toml
+	$(PCAS) refine --run $(RUNS)/$*
+
+# PCAS masks: threshold chosen on val, then test; dense CRF on test.
+$(RUNS)/%/pseudo/val.h5: $(RUNS)/%/ckpt/refine.pt stages/pseudo-label.toml
+	$(PCAS) pseudo-label --run $(RUNS)/$* --split val
+$(RUNS)/%/pseudo/test.h5: $(RUNS)/%/pseudo/val.h5
+	$(PCAS) pseudo-label --run $(RUNS)/$* --split test
+$(RUNS)/%/crf/test.h5: $(RUNS)/%/pseudo/test.h5 stages/crf.toml
+	$(PCAS) crf --features $(RUNS)/$*/features/test.h5 --predictions $< --out $@
+
+# Baselines in the same pipeline and backbone (paper Table 1): visual-only CAM, audio-visual similarity map.
+$(RUNS)/%/baselines/cam/val.h5: $(RUNS)/%/ckpt/visual.pt stages/pseudo-label.toml
+	$(PCAS) pseudo-label --run $(RUNS)/$* --split val --weights visual --listener '' --out baselines/cam
+$(RUNS)/%/baselines/cam/test.h5: $(RUNS)/%/baselines/cam/val.h5
+	$(PCAS) pseudo-label --run $(RUNS)/$* --split test --weights visual --listener '' --out baselines/cam
+$(RUNS)/%/baselines/similarity/val.h5: $(RUNS)/%/ckpt/align.pt stages/pseudo-label.toml
+	$(PCAS) pseudo-label --run $(RUNS)/$* --split val --weights align --mode similarity --out baselines/similarity
+$(RUNS)/%/baselines/similarity/test.h5: $(RUNS)/%/baselines/similarity/val.h5
+	$(PCAS) pseudo-label --run $(RUNS)/$* --split test --weights align --mode similarity --out baselines/similarity
+$(RUNS)/%/baselines/background/test.h5: $(RUNS)/%/features/test.h5
+	$(PCAS) baseline --run $(RUNS)/$* --kind background
+$(RUNS)/%/baselines/visible/test.h5: $(RUNS)/%/features/test.h5
+	$(PCAS) baseline --run $(RUNS)/$* --kind visible
+
+# Fully supervised upper bound (same backbone, FPN decoder, ground-truth train masks).
+$(RUNS)/%/supervised/test.h5: $(FEATS) stages/train-supervised.toml
+	$(PCAS) train-supervised --run $(RUNS)/$*
+
+# Scores: metrics/<method>.json on test.
+EVAL = $(PCAS) eval --features $(RUNS)/$*/features/test.h5 --predictions $< --out $@
+$(RUNS)/%/metrics/pcas-crf.json: $(RUNS)/%/crf/test.h5 stages/eval.toml
+	$(EVAL) --name "PCAS + CRF"
+$(RUNS)/%/metrics/pcas.json: $(RUNS)/%/pseudo/test.h5 stages/eval.toml
+	$(EVAL) --name "PCAS"
+$(RUNS)/%/metrics/cam.json: $(RUNS)/%/baselines/cam/test.h5 stages/eval.toml
+	$(EVAL) --name "CAM"
+$(RUNS)/%/metrics/similarity.json: $(RUNS)/%/baselines/similarity/test.h5 stages/eval.toml
+	$(EVAL) --name "AV similarity"
+$(RUNS)/%/metrics/background.json: $(RUNS)/%/baselines/background/test.h5 stages/eval.toml
+	$(EVAL) --name "all background"
+$(RUNS)/%/metrics/visible.json: $(RUNS)/%/baselines/visible/test.h5 stages/eval.toml
+	$(EVAL) --name "every visible object (oracle, no audio)"
+$(RUNS)/%/metrics/supervised.json: $(RUNS)/%/supervised/test.h5 stages/eval.toml
+	$(EVAL) --name "fully supervised (upper bound)"
+
+WEAK_METRICS = pcas pcas-crf cam similarity background visible
+run_metrics = $(foreach m,$(2),$(RUNS)/$(1)/metrics/$(m).json) $(RUNS)/$(1)/ckpt/ast.pt
+
+REPRODUCE = $(call run_metrics,synth-s4,$(WEAK_METRICS)) $(call run_metrics,synth-ms3,$(WEAK_METRICS)) \
+            $(call run_metrics,synth-avss,$(WEAK_METRICS) supervised)
+
+reproduce: $(REPRODUCE)
+	$(PCAS) report --runs $(RUNS) --out results
+
+# ---- Table 4: every combination of CMC / CMPC / CMCC (AVSS layout) -------------------------------------------
+ABL := $(RUNS)/synth-avss
+# refine variants: name -> flags
+ABL_FLAGS_cmpc = --init visual --no-cmc --cmpc --no-cmcc
+ABL_FLAGS_cmcc = --init visual --no-cmc --no-cmpc --cmcc
+ABL_FLAGS_cmpc-cmcc = --init visual --no-cmc --cmpc --cmcc
+ABL_FLAGS_cmc-cmpc = --init align --cmc --cmpc --no-cmcc
+ABL_FLAGS_cmc-cmcc = --init align --cmc --no-cmpc --cmcc
+$(ABL)/ckpt/refine-%.pt: $(ABL)/ckpt/align.pt stages/refine.toml
+	$(PCAS) refine --run $(ABL) --name refine-$* $(ABL_FLAGS_$*)
+# weights used by each Table 4 row: none = Looking encoder + listener only, cmc = align, all = refine
+abl_weights = $(if $(filter none,$(1)),visual,$(if $(filter cmc,$(1)),align,$(if $(filter all,$(1)),refine,refine-$(1))))
+.SECONDEXPANSION:
+$(ABL)/ablations/%/val.h5: $(ABL)/ckpt/$$(call abl_weights,$$*).pt $(ABL)/ckpt/tvp.pt stages/pseudo-label.toml
+	$(PCAS) pseudo-label --run $(ABL) --split val --weights $(call abl_weights,$*) --out ablations/$*
+$(ABL)/ablations/%/test.h5: $(ABL)/ablations/%/val.h5
+	$(PCAS) pseudo-label --run $(ABL) --split test --weights $(call abl_weights,$*) --out ablations/$*
+$(ABL)/metrics/ablation-%.json: $(ABL)/ablations/%/test.h5 stages/eval.toml
+	$(PCAS) eval --features $(ABL)/features/test.h5 --predictions $< --out $@ --name "$*"
+
+ABLATIONS = none cmc cmpc cmcc cmpc-cmcc cmc-cmpc cmc-cmcc all
+reproduce-ablations: $(REPRODUCE) $(foreach a,$(ABLATIONS),$(ABL)/metrics/ablation-$(a).json)
+	$(PCAS) report --runs $(RUNS) --out results
+
+results: | $(STAMP)
+	$(PCAS) report --runs $(RUNS) --out results
+
+bench: $(STAMP)
+	$(PCAS) bench --out-dir results
 
 clean-runs:
-	rm -rf $(RUNS)
+	rm -rf $(RUNS) data/timings.jsonl

@@ -79,6 +79,8 @@ STAGE_CONFIGS: dict[str, tuple[str, str]] = {
     "pseudo-label": ("stages.pseudo_label", "PseudoLabelConfig"),
     "crf": ("stages.crf", "CRFConfig"),
     "eval": ("stages.evaluate", "EvalConfig"),
+    "baseline": ("stages.baseline", "BaselineConfig"),
+    "train-supervised": ("stages.train_supervised", "TrainSupervisedConfig"),
 }
 
 RunOpt = typer.Option(None, "--run", help="run folder (config default: data/runs/synth-avss)")
@@ -252,6 +254,47 @@ def evaluate(
 
 
 @app.command()
+def baseline(
+    run: Optional[Path] = RunOpt,
+    kind: Optional[str] = typer.Option(None, help="background | visible (generated data only) (config default: "
+                                                  "background)"),
+    split: Optional[str] = typer.Option(None, help="split to predict (config default: test)"),
+    config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
+) -> None:
+    """Reference predictions without training: all background, or every visible object (no audio)."""
+    _call("baseline", config, None, set_, run=run, kind=kind, split=split)
+
+
+@app.command("train-supervised")
+def train_supervised(
+    run: Optional[Path] = RunOpt,
+    backbone: Optional[str] = typer.Option(None, help="visual backbone, as train-visual (config default: "
+                                                      "vit_tiny_p8)"),
+    weights: Optional[str] = typer.Option(None, help="local timm-compatible weights file to start from"),
+    epochs: Optional[int] = EpochsOpt, seed: Optional[int] = SeedOpt, device: Optional[str] = DeviceOpt,
+    resume: Optional[bool] = ResumeOpt,
+    config: Optional[Path] = ConfigOpt, preset: Optional[str] = PresetOpt, set_: Optional[List[str]] = SetOpt,
+) -> None:
+    """FULLY SUPERVISED upper bound: same backbone + FPN decoder on ground-truth train masks -> supervised/*.h5."""
+    _call("train-supervised", config, preset, set_, run=run, model__backbone=backbone, model__weights=weights,
+          optim__epochs=epochs, optim__seed=seed, device=device, resume=resume)
+
+
+@app.command()
+def report(
+    runs: Path = typer.Option(Path("data/runs"), help="folder holding the run folders"),
+    out: Path = typer.Option(Path("results"), help="where tables, JSON and pictures go"),
+    prefix: str = typer.Option("synth", help="run family: <prefix>-s4, <prefix>-ms3, <prefix>-avss"),
+    update_readme: bool = typer.Option(True, "--update-readme/--no-update-readme",
+                                       help="refresh README.md's results block (prefix synth only)"),
+) -> None:
+    """The paper's tables (1-4), timings and example pictures from the runs' metrics -> <out>/<prefix>.md."""
+    from pcas_cli.stages.report import ReportConfig, run as report_run
+
+    report_run(ReportConfig(runs=runs, out=out, prefix=prefix, update_readme=update_readme))
+
+
+@app.command()
 def info(path: Path = typer.Argument(..., help="an artifact (.h5 / .pt) or a run folder")) -> None:
     """What each artifact is and how it was made (stage, config, seed, code version, inputs)."""
     from pcas_cli.inspect import run as info_run
@@ -259,10 +302,37 @@ def info(path: Path = typer.Argument(..., help="an artifact (.h5 / .pt) or a run
     info_run(path)
 
 
+def _record_timing(started: float) -> None:
+    """Append this command's wall time and peak memory to $PCAS_TIMINGS (set by the Makefile) for `pcas report`."""
+    import json
+    import os
+    import resource
+    import time
+
+    path = os.environ.get("PCAS_TIMINGS")
+    if not path or len(sys.argv) < 2 or sys.argv[1].startswith("-"):
+        return
+    # ru_maxrss is in KiB on Linux; children covers worker processes (CRF, data loaders, torchrun ranks).
+    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+               resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    record = {"command": sys.argv[1], "argv": sys.argv[2:], "seconds": round(time.time() - started, 2),
+              "peak_rss_mb": round(peak / 1024, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def main() -> None:
     """Console-script entry: user mistakes print one line and exit 2; no tracebacks."""
+    import time
+
+    started = time.time()
     try:
         app()
+    except SystemExit as e:  # Click ends every command with sys.exit
+        if e.code in (0, None):
+            _record_timing(started)
+        raise
     except PcasError as e:
         from pcas_cli.console import CONSOLE
 

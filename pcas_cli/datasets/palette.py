@@ -7,6 +7,8 @@ So 0 -> (0, 0, 0), 1 -> (128, 0, 0), 2 -> (0, 128, 0), 3 -> (128, 128, 0), 4 -> 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 
@@ -36,7 +38,14 @@ def voc_palette(n: int = 256) -> np.ndarray:
 
 def index_to_rgb(index: np.ndarray) -> np.ndarray:
     """Colour a class-index map with the VOC palette: (H, W) uint8 -> (H, W, 3) uint8."""
-    return voc_palette(256)[index.astype(np.uint8)]
+    return _full_palette()[index.astype(np.uint8)]
+
+
+@functools.lru_cache(maxsize=1)
+def _full_palette() -> np.ndarray:
+    palette = voc_palette(256)
+    palette.flags.writeable = False  # shared by every caller
+    return palette
 
 
 def rgb_to_index(rgb: np.ndarray, n_classes: int) -> np.ndarray:

@@ -7,7 +7,7 @@ Every weights file stores a `model_spec` in its provenance, so any later stage r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ class VisualModelConfig:
     backbone: str = "vit_tiny_p8"  # preset (vit_tiny_p8, vit_base, resnet50, pvt_v2_b2) or any timm model name
     pretrained: bool = False  # ask timm's hub for pretrained weights (needs the network)
     weights: str = ""  # local timm-compatible state-dict file to start from ("" = random init)
+    overrides: dict = field(default_factory=dict)  # extra timm kwargs, e.g. {depth = 2} (tests, quick trials)
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,7 @@ def build_visual(spec: dict[str, Any]) -> nn.Module:
     v = spec["visual"]
     weights = Path(v["weights"]) if v.get("weights") else None
     return build_visual_encoder(v["backbone"], spec["num_classes"], spec["img_size"], pretrained=v["pretrained"],
-                                weights=weights)
+                                weights=weights, **v.get("overrides", {}))
 
 
 def build_audio(spec: dict[str, Any]) -> nn.Module:

@@ -1,0 +1,247 @@
+"""`pcas report`: the paper's tables for one family of runs (e.g. synth-s4 / synth-ms3 / synth-avss), from the
+metrics JSON files the eval stage wrote, plus per-stage time and peak memory and a picture of typical test frames.
+
+Writes <out>/<prefix>.md and <out>/<prefix>.json, <out>/<prefix>-examples.png, and (for the embedded data) refreshes
+the results block of README.md between its markers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pcas_cli.console import CONSOLE
+from pcas_cli.writing import write_json, write_text
+
+README_START = "<!-- results:start -->"
+README_END = "<!-- results:end -->"
+
+TABLE1_ROWS = [("background", "all background"), ("visible", "every visible object (oracle, no audio)"),
+               ("cam", "CAM (visual only)"), ("similarity", "AV similarity (EZ-VSL-like)"), ("pcas", "PCAS"),
+               ("pcas-crf", "PCAS + CRF")]
+ABLATION_ROWS = [("none", (0, 0, 0)), ("cmc", (1, 0, 0)), ("cmpc", (0, 1, 0)), ("cmcc", (0, 0, 1)),
+                 ("cmpc-cmcc", (0, 1, 1)), ("cmc-cmpc", (1, 1, 0)), ("cmc-cmcc", (1, 0, 1)), ("all", (1, 1, 1))]
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    runs: Path = Path("data/runs")  # folder holding the run folders
+    out: Path = Path("results")  # where tables, JSON and pictures go
+    prefix: str = "synth"  # run family: <prefix>-s4, <prefix>-ms3, <prefix>-avss
+    timings: Path = Path("data/timings.jsonl")  # per-command wall time / peak memory log (Makefile sets it)
+    update_readme: bool = True  # refresh README.md's results block (prefix "synth" only)
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.2f}"
+
+
+def machine_line() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{time.strftime('%Y-%m-%d')}, {cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
+
+
+def metrics_of(runs: Path, run: str, name: str) -> dict[str, Any] | None:
+    return _load(runs / run / "metrics" / f"{name}.json")
+
+
+def table1(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
+    lines = ["| Method | S4 F-score | S4 mIoU | MS3 F-score | MS3 mIoU |", "|---|---|---|---|---|"]
+    data: dict[str, Any] = {}
+    for key, label in TABLE1_ROWS:
+        s4, ms3 = metrics_of(cfg.runs, f"{cfg.prefix}-s4", key), metrics_of(cfg.runs, f"{cfg.prefix}-ms3", key)
+        if s4 is None and ms3 is None:
+            continue
+        data[key] = {"s4": s4 and _pick(s4), "ms3": ms3 and _pick(ms3)}
+        lines.append(f"| {label} | {_pct(s4 and s4['fscore'])} | {_pct(s4 and s4['miou'])} | "
+                     f"{_pct(ms3 and ms3['fscore'])} | {_pct(ms3 and ms3['miou'])} |")
+    return lines, data
+
+
+def _pick(m: dict[str, Any]) -> dict[str, Any]:
+    keys = ("miou", "fscore", "fscore_batch_independent", "miou_present", "fscore_present", "frames_scored")
+    return {k: m[k] for k in keys if k in m}
+
+
+def table2(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
+    run = f"{cfg.prefix}-avss"
+    sup = metrics_of(cfg.runs, run, "supervised")
+    lines = ["| Training setting | Method | F-score | mIoU | mIoU (present classes) | % of upper bound mIoU |",
+             "|---|---|---|---|---|---|"]
+    data: dict[str, Any] = {}
+    rows = [("supervised", "Fully supervised", "same backbone + FPN decoder (upper bound)")] + \
+           [(k, "Weakly supervised", label) for k, label in TABLE1_ROWS if k not in ("background", "visible")] + \
+           [(k, "No training", label) for k, label in TABLE1_ROWS if k in ("background", "visible")]
+    for key, setting, label in rows:
+        m = metrics_of(cfg.runs, run, key)
+        if m is None:
+            continue
+        rel = m["miou"] / sup["miou"] if sup and sup["miou"] > 0 else None
+        data[key] = {**_pick(m), "relative_to_supervised": rel}
+        lines.append(f"| {setting} | {label} | {_pct(m['fscore'])} | {_pct(m['miou'])} | "
+                     f"{_pct(m.get('miou_present'))} | {'–' if rel is None else f'{100 * rel:.1f}%'} |")
+    return lines, data
+
+
+def table3(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
+    layouts = [("s4", "S4"), ("ms3", "MS3"), ("avss", "AVSS")]
+    lines = ["| Setting | " + " | ".join(f"{n} mAP | {n} exact-set acc." for _, n in layouts) + " |",
+             "|---|" + "---|---|" * len(layouts)]
+    data: dict[str, Any] = {}
+    for stem, label in (("ast", "AST"), ("tvp", "AST + TVP")):
+        cells = []
+        for layout, _ in layouts:
+            m = metrics_of(cfg.runs, f"{cfg.prefix}-{layout}", f"audio-{stem}")
+            data.setdefault(stem, {})[layout] = m and {k: m[k] for k in ("map", "exact_acc", "frames")}
+            cells += ["–", "–"] if m is None else [f"{m['map']:.3f}", f"{m['exact_acc']:.3f}"]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines, data
+
+
+def table4(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
+    run = f"{cfg.prefix}-avss"
+    lines = ["| CMC | CMPC | CMCC | F-score | mIoU |", "|---|---|---|---|---|"]
+    data: dict[str, Any] = {}
+    for key, flags in ABLATION_ROWS:
+        m = metrics_of(cfg.runs, run, f"ablation-{key}")
+        if m is None:
+            continue
+        data[key] = _pick(m)
+        marks = " | ".join("✓" if f else "" for f in flags)
+        lines.append(f"| {marks} | {_pct(m['fscore'])} | {_pct(m['miou'])} |")
+    return (lines, data) if data else ([], {})
+
+
+def timing_table(cfg: ReportConfig) -> tuple[list[str], list[dict[str, Any]]]:
+    """Latest wall time and peak memory per (run, command) from the timings log."""
+    if not cfg.timings.exists():
+        return [], []
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for line in cfg.timings.read_text().splitlines():
+        rec = json.loads(line)
+        argv = rec["argv"]
+        run = next((Path(argv[i + 1]).name for i, a in enumerate(argv[:-1]) if a in ("--run", "--root")), "")
+        run = run or next((Path(a).parent.parent.name for a in argv if a.endswith(".h5")), "")
+        if not run.startswith(cfg.prefix):
+            continue
+        detail = " ".join(a for a in argv if a.startswith("--") and a not in ("--run", "--root"))
+        latest[(run, f"{rec['command']} {detail}".strip())] = rec
+    rows = [{"run": r, "command": c, "seconds": v["seconds"], "peak_rss_mb": v["peak_rss_mb"]}
+            for (r, c), v in sorted(latest.items())]
+    lines = ["| run | command | wall time (s) | peak memory (MiB) |", "|---|---|---|---|"]
+    lines += [f"| {r['run']} | `{r['command']}` | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} |" for r in rows]
+    total = sum(r["seconds"] for r in rows)
+    lines.append(f"| all | | {total:.1f} | {max((r['peak_rss_mb'] for r in rows), default=0):.0f} |")
+    return lines, rows
+
+
+def write_examples(cfg: ReportConfig, out: Path, n_clips: int = 4) -> Path | None:
+    """A picture of test frames: frame | ground truth | CAM | PCAS | PCAS + CRF (AVSS-layout run)."""
+    from PIL import Image, ImageDraw
+
+    from pcas_cli.artifacts import read_features, read_predictions
+    from pcas_cli.datasets.palette import index_to_rgb
+
+    run = cfg.runs / f"{cfg.prefix}-avss"
+    sources = [("CAM", run / "baselines/cam/test.h5"), ("PCAS", run / "pseudo/test.h5"),
+               ("PCAS + CRF", run / "crf/test.h5"), ("supervised", run / "supervised/test.h5")]
+    sources = [(n, p) for n, p in sources if p.exists()]
+    feats_path = run / "features/test.h5"
+    if not feats_path.exists() or not sources:
+        return None
+    feats = read_features(feats_path)
+    preds = [(n, read_predictions(p)) for n, p in sources]
+    tiles: list[list[np.ndarray]] = []
+    header = ["frame", "ground truth"] + [n for n, _ in preds]
+    step = max(1, len(feats) // n_clips)
+    for i in range(0, min(len(feats), step * n_clips), step):
+        clip = feats.clip(i, ("frames", "masks", "mask_valid"))
+        t = int(np.flatnonzero(clip["mask_valid"])[len(np.flatnonzero(clip["mask_valid"])) // 2])
+        frame = clip["frames"][t]
+        row = [frame, _overlay(frame, index_to_rgb(clip["masks"][t]), clip["masks"][t] > 0)]
+        for _, p in preds:
+            m = p.read("masks", i)[t]
+            row.append(_overlay(frame, index_to_rgb(m), m > 0))
+        tiles.append(row)
+    h, w = tiles[0][0].shape[:2]
+    pad, top = 4, 18
+    canvas = Image.new("RGB", (len(header) * (w + pad) + pad, top + len(tiles) * (h + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for c, name in enumerate(header):
+        draw.text((pad + c * (w + pad), 3), name, fill="black")
+    for r, row in enumerate(tiles):
+        for c, tile in enumerate(row):
+            canvas.paste(Image.fromarray(tile), (pad + c * (w + pad), top + r * (h + pad)))
+    path = out / f"{cfg.prefix}-examples.png"
+    tmp = path.with_name(path.name + ".tmp.png")
+    canvas.save(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _overlay(frame: np.ndarray, colours: np.ndarray, mask: np.ndarray, alpha: float = 0.6) -> np.ndarray:
+    out = frame.astype(np.float32).copy()
+    out[mask] = (1 - alpha) * out[mask] + alpha * colours[mask]
+    return out.astype(np.uint8)
+
+
+def run(cfg: ReportConfig) -> Path:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sections: list[str] = []
+    data: dict[str, Any] = {"machine": machine_line(), "prefix": cfg.prefix}
+    for title, fn, key in (
+        ("Table 1 analog: binary S4- and MS3-layout data (test split; F-score and mIoU x100)", table1, "table1"),
+        ("Table 2 analog: AVSS-layout data, weak vs full supervision (test split, x100)", table2, "table2"),
+        ("Table 3 analog: frame-level audio classification on val (per-second mAP, exact-set accuracy)", table3,
+         "table3"),
+        ("Table 4 analog: module ablations on the AVSS-layout data (test split, pseudo-labels before CRF, x100)",
+         table4, "table4"),
+        ("Time and peak memory per stage (latest run of each command)", timing_table, "timings"),
+    ):
+        lines, values = fn(cfg)
+        data[key] = values
+        if lines:
+            sections.append(f"#### {title}\n\n" + "\n".join(lines))
+    picture = write_examples(cfg, out)
+    if picture is not None:
+        sections.append(f"#### Typical test frames (AVSS-layout test split)\n\n![examples]({{img}}{picture.name})")
+    body = f"Measured {data['machine']}.\n\n" + "\n\n".join(sections) + "\n"
+    md = write_text(out / f"{cfg.prefix}.md", f"# Results: {cfg.prefix} runs\n\n{body.replace('{img}', '')}")
+    write_json(out / f"{cfg.prefix}.json", data)
+    if cfg.update_readme and cfg.prefix == "synth":
+        update_readme(Path("README.md"), body.replace("{img}", f"{out.as_posix()}/"))
+    CONSOLE.print(f"[green]wrote[/green] {md}")
+    return md
+
+
+def update_readme(readme: Path, body: str) -> None:
+    if not readme.exists():
+        return
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        return
+    pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
+    write_text(readme, pattern.sub(lambda _: f"{README_START}\n{body}{README_END}", text))
