@@ -71,6 +71,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 # Stage name (TOML file stem) -> (module under pcas_cli, config class). Tests load every stages/<name>.toml with it.
 STAGE_CONFIGS: dict[str, tuple[str, str]] = {
     "synth": ("synth", "SynthConfig"),
+    "build-avdigits": ("avdigits", "AVDigitsConfig"),
     "extract": ("stages.extract", "ExtractConfig"),
     "train-visual": ("stages.train_visual", "TrainVisualConfig"),
     "train-tvp": ("stages.train_tvp", "TrainTVPConfig"),
@@ -133,6 +134,34 @@ def _print_stats(module: Any, cfg: Any, title: str) -> None:
     for label, value in module.stats_rows(stats):
         table.add_row(label, value)
     CONSOLE.print(table)
+
+
+@app.command("build-avdigits")
+def build_avdigits(
+    layout: Optional[str] = typer.Option(None, help="avss | s4 | ms3 (config default: avss)"),
+    root: Optional[Path] = typer.Option(None, help="output folder (config default: data/raw/avdigits-<layout>)"),
+    mnist: Optional[Path] = typer.Option(None, help="MNIST npz with x_train/y_train/x_test/y_test "
+                                                    "(config default: ../shared/data/mnist/mnist_uint8.npz)"),
+    fsdd: Optional[Path] = typer.Option(None, help="folder of FSDD {digit}_{speaker}_{take}.wav recordings "
+                                                   "(config default: ../shared/data/fsdd/recordings)"),
+    download: Optional[bool] = typer.Option(None, "--download/--no-download",
+                                            help="fetch MNIST and FSDD into the cache first (needs the network)"),
+    videos: Optional[int] = typer.Option(None, help="training videos; val/test scale with it (config default: 240)"),
+    seed: Optional[int] = SeedOpt,
+    stats: bool = typer.Option(False, "--stats", help="print the data set's statistics (of --root if it exists)"),
+    config: Optional[Path] = ConfigOpt, preset: Optional[str] = PresetOpt, set_: Optional[List[str]] = SetOpt,
+) -> None:
+    """AV-Digits: handwritten MNIST digits that are spoken (FSDD) or silent, in an AVSBench layout."""
+    from pcas_cli import avdigits
+    from pcas_cli.config import load_config
+
+    overrides = {"layout": layout, "root": root, "mnist": mnist, "fsdd": fsdd, "download": download,
+                 "videos": videos, "seed": seed, **_parse_sets(set_)}
+    cfg = load_config(avdigits.AVDigitsConfig, "build-avdigits", config, preset, overrides)
+    if stats:
+        _print_stats(avdigits, cfg, f"pcas build-avdigits --layout {cfg.layout}")
+    else:
+        avdigits.run(cfg)
 
 
 @app.command()
