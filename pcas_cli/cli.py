@@ -169,7 +169,7 @@ def extract(
     layout: Optional[str] = typer.Option(None, help="dataset layout: avss | s4 | ms3 (config default: avss)"),
     root: Optional[Path] = typer.Option(None, help="dataset root (config default: data/raw/synth-avss)"),
     run: Optional[Path] = RunOpt,
-    image_size: Optional[int] = typer.Option(None, help="frame size in pixels (square) (config default: 96)"),
+    image_size: Optional[int] = typer.Option(None, help="frame size in pixels (square) (config default: 80)"),
     limit: Optional[int] = typer.Option(None, help="at most this many clips per split, 0 = all (config default: 0)"),
     labels_csv: Optional[str] = typer.Option(None, help="MS3 only: AVSS metadata.csv with video labels"),
     config: Optional[Path] = ConfigOpt, preset: Optional[str] = PresetOpt, set_: Optional[List[str]] = SetOpt,

@@ -29,7 +29,7 @@ class ExtractConfig:
     root: Path = Path("data/raw/synth-avss")  # dataset root (the folder holding metadata.csv / *_meta_data.csv)
     run: Path = Path("data/runs/synth-avss")  # run folder; writes features/{split}.h5 there
     splits: tuple[str, ...] = ("train", "val", "test")  # splits to extract
-    image_size: int = 96  # frames and masks are resized to image_size x image_size (paper: 224)
+    image_size: int = 80  # frames and masks are resized to image_size x image_size (paper: 224)
     subsets: tuple[str, ...] = ()  # AVSS only: keep these of v1s/v1m/v2 (empty = all)
     labels_csv: str = ""  # MS3 only: AVSS-format metadata.csv with the video-level labels (default <root>/metadata.csv)
     limit: int = 0  # extract at most this many clips per split (0 = all); for quick trials

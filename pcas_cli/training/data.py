@@ -140,7 +140,7 @@ def _as_tensor(name: str, value: Any) -> Any:
     """Artifact arrays -> training tensors (see module docstring); strings pass through."""
     if isinstance(value, str):
         return value
-    arr = torch.from_numpy(np.ascontiguousarray(value))
+    arr = torch.from_numpy(np.ascontiguousarray(value) if np.ndim(value) else np.array(value))  # 0-d stays 0-d
     if name == "frames":
         return arr.movedim(-1, -3).float().div_(255.0)  # (..., H, W, 3) uint8 -> (..., 3, H, W) float in [0, 1]
     if name in ("fbank", "labels"):
