@@ -60,7 +60,7 @@ $(RAW)/avdigits-%/.complete: stages/build-avdigits.toml | $(STAMP)
 layout = $(lastword $(subst -, ,$(1)))
 
 $(RUNS)/%/features/train.h5 $(RUNS)/%/features/val.h5 $(RUNS)/%/features/test.h5 &: \
-		$(RAW)/%/.complete stages/extract.toml
+		$(RAW)/%/.complete stages/extract.toml | $(STAMP)
 	$(PCAS) extract --layout $(call layout,$*) --root $(RAW)/$* --run $(RUNS)/$*
 
 FEATS = $(RUNS)/%/features/train.h5 $(RUNS)/%/features/val.h5 $(RUNS)/%/features/test.h5
@@ -132,29 +132,45 @@ REPRODUCE = $(call run_metrics,synth-s4,$(WEAK_METRICS)) $(call run_metrics,synt
 reproduce: $(REPRODUCE)
 	$(PCAS) report --runs $(RUNS) --out results
 
-# ---- Table 4: every combination of CMC / CMPC / CMCC (AVSS layout) -------------------------------------------
-ABL := $(RUNS)/synth-avss
-# refine variants: name -> flags
+# ---- Table 4: every combination of CMC / CMPC / CMCC ----------------------------------------------------------
+# refine variants (the full PCAS row is ckpt/refine.pt): name -> flags
 ABL_FLAGS_cmpc = --init visual --no-cmc --cmpc --no-cmcc
 ABL_FLAGS_cmcc = --init visual --no-cmc --no-cmpc --cmcc
 ABL_FLAGS_cmpc-cmcc = --init visual --no-cmc --cmpc --cmcc
 ABL_FLAGS_cmc-cmpc = --init align --cmc --cmpc --no-cmcc
 ABL_FLAGS_cmc-cmcc = --init align --cmc --no-cmpc --cmcc
-$(ABL)/ckpt/refine-%.pt: $(ABL)/ckpt/align.pt stages/refine.toml
-	$(PCAS) refine --run $(ABL) --name refine-$* $(ABL_FLAGS_$*)
-# weights used by each Table 4 row: none = Looking encoder + listener only, cmc = align, all = refine
-abl_weights = $(if $(filter none,$(1)),visual,$(if $(filter cmc,$(1)),align,$(if $(filter all,$(1)),refine,refine-$(1))))
-.SECONDEXPANSION:
-$(ABL)/ablations/%/val.h5: $(ABL)/ckpt/$$(call abl_weights,$$*).pt $(ABL)/ckpt/tvp.pt stages/pseudo-label.toml
-	$(PCAS) pseudo-label --run $(ABL) --split val --weights $(call abl_weights,$*) --out ablations/$*
-$(ABL)/ablations/%/test.h5: $(ABL)/ablations/%/val.h5
-	$(PCAS) pseudo-label --run $(ABL) --split test --weights $(call abl_weights,$*) --out ablations/$*
-$(ABL)/metrics/ablation-%.json: $(ABL)/ablations/%/test.h5 stages/eval.toml
-	$(PCAS) eval --features $(ABL)/features/test.h5 --predictions $< --out $@ --name "$*"
+define REFINE_VARIANT
+$$(RUNS)/%/ckpt/refine-$(1).pt: $$(RUNS)/%/ckpt/align.pt stages/refine.toml
+	$$(PCAS) refine --run $$(RUNS)/$$* --name refine-$(1) $$(ABL_FLAGS_$(1))
+endef
+$(foreach v,cmpc cmcc cmpc-cmcc cmc-cmpc cmc-cmcc,$(eval $(call REFINE_VARIANT,$(v))))
+
+# Table 4 row -> weights: none = Looking encoder + listener only (no alignment), cmc = align.pt, all = refine.pt
+define ABLATION_ROW
+$$(RUNS)/%/ablations/$(1)/val.h5: $$(RUNS)/%/ckpt/$(2).pt $$(RUNS)/%/ckpt/tvp.pt stages/pseudo-label.toml
+	$$(PCAS) pseudo-label --run $$(RUNS)/$$* --split val --weights $(2) --out ablations/$(1)
+$$(RUNS)/%/ablations/$(1)/test.h5: $$(RUNS)/%/ablations/$(1)/val.h5
+	$$(PCAS) pseudo-label --run $$(RUNS)/$$* --split test --weights $(2) --out ablations/$(1)
+$$(RUNS)/%/metrics/ablation-$(1).json: $$(RUNS)/%/ablations/$(1)/test.h5 stages/eval.toml
+	$$(PCAS) eval --features $$(RUNS)/$$*/features/test.h5 --predictions $$< --out $$@ --name "$(1)"
+endef
+$(eval $(call ABLATION_ROW,none,visual))
+$(eval $(call ABLATION_ROW,cmc,align))
+$(eval $(call ABLATION_ROW,all,refine))
+$(foreach v,cmpc cmcc cmpc-cmcc cmc-cmpc cmc-cmcc,$(eval $(call ABLATION_ROW,$(v),refine-$(v))))
 
 ABLATIONS = none cmc cmpc cmcc cmpc-cmcc cmc-cmpc cmc-cmcc all
-reproduce-ablations: $(REPRODUCE) $(foreach a,$(ABLATIONS),$(ABL)/metrics/ablation-$(a).json)
+ablation_metrics = $(foreach a,$(ABLATIONS),$(RUNS)/$(1)/metrics/ablation-$(a).json)
+
+reproduce-ablations: $(REPRODUCE) $(call ablation_metrics,synth-avss)
 	$(PCAS) report --runs $(RUNS) --out results
+
+# ---- AV-Digits: the same tables on real handwriting and real speech --------------------------------------------
+AVD_REPRODUCE = $(call run_metrics,avdigits-s4,$(WEAK_METRICS)) $(call run_metrics,avdigits-ms3,$(WEAK_METRICS)) \
+                $(call run_metrics,avdigits-avss,$(WEAK_METRICS) supervised) $(call ablation_metrics,avdigits-avss)
+
+bench-avdigits: $(AVD_REPRODUCE)
+	$(PCAS) report --runs $(RUNS) --out results --prefix avdigits
 
 results: | $(STAMP)
 	$(PCAS) report --runs $(RUNS) --out results
