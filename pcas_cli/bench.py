@@ -6,18 +6,19 @@ records the machine (CPU model, cores, torch version and threads, load average, 
 
 Benchmarks (`BENCHMARKS`):
 - memory: `pcas extract` and a full pass of `FrameDataset` over its output, each in a fresh child process, on a
-  small and a large synthetic data set (12 and 96 train clips by default). Memory must not grow with the number of
-  clips: peak RSS ratio large / small < 1.3 (target). Peak RSS includes ~0.5 GB of imported libraries (torch), so
-  that ratio alone would pass even if every clip were kept; the sharper check is the *retained fraction*: the extra
-  working memory (peak minus the RSS after warm-up) of the large run over the small one, divided by the extra
-  uncompressed clip data. Streaming gives ~0, holding every clip >= 1 (target < 0.25).
+  small and a large synthetic data set (12 and 96 train clips; synth's default frames, extracted at extract's default
+  size). Memory must not grow with the number of clips: peak RSS ratio large / small < 1.3 (target). Peak RSS
+  includes ~0.5 GB of imported libraries (torch), so that ratio alone would pass even if every clip were kept; the
+  sharper check is the *retained fraction*: the extra working memory (peak minus the RSS after warm-up) of the large
+  run over the small one, divided by the extra uncompressed clip data. Streaming gives ~0, holding every clip >= 1
+  (target < 0.25).
 - extract: clips/s and frames/s of `pcas extract` at the default image size (the large memory run, timed in the child
   after a one-clip warm-up, imports excluded).
 - models: visual encoder training (forward + backward + AdamW, batch 32) and inference img/s, "vit_tiny_p8" at
   96/112/128 px, "vit_base" at 224 px (inference only, batches of 8: the paper-scale cost); audio encoder (width 192,
   depth 4, non-overlapping patches, TVP prompts) clips/s on 10 s clips.
 - crf: dense CRF ms per frame (preset toco_cam) at 96/128/224 px with 2 and 5 labels, serial; `crf_many` with 2
-  worker processes vs 1 on 32 frames (pool start included), whose outputs must be identical (target).
+  worker processes vs 1 on 32 frames of 224 px (pool start included), whose outputs must be identical (target).
 - metrics: AVSS semantic scoring (224 px, 71 classes) and binary F-score / mIoU frames/s.
 
 `BenchConfig(quick=True)` runs everything on tiny sizes (a few seconds of work; used by tests/test_bench.py).
@@ -42,6 +43,8 @@ import numpy as np
 
 from pcas_cli.console import CONSOLE, progress
 from pcas_cli.errors import PcasError
+from pcas_cli.stages.extract import ExtractConfig
+from pcas_cli.synth import SynthConfig
 from pcas_cli.writing import write_json, write_text
 
 BENCHMARKS = ("memory", "extract", "models", "crf", "metrics")
@@ -66,7 +69,8 @@ class Sizes:
     """Problem sizes of one run (full or quick)."""
 
     memory_videos: tuple[int, int]  # train clips of the small and the large synthetic data set
-    image_size: int  # synthetic frames and extracted frames (the extract default in a full run)
+    synth_size: int  # side of the synthetic frames (the synth default in a full run)
+    image_size: int  # side of the extracted frames (the extract default in a full run)
     visual: tuple[tuple[str, int, bool, int, tuple[tuple[str, int], ...]], ...]  # (backbone, px, train?, batch, kw)
     visual_steps: int  # timed steps per visual case (after one warm-up step)
     audio: tuple[int, int, int, int, int]  # (embed_dim, depth, heads, seconds, batch)
@@ -81,15 +85,15 @@ class Sizes:
 
 
 FULL = Sizes(
-    memory_videos=(12, 96), image_size=128,
+    memory_videos=(12, 96), synth_size=SynthConfig.image_size, image_size=ExtractConfig.image_size,
     visual=(("vit_tiny_p8", 96, True, 32, ()), ("vit_tiny_p8", 112, True, 32, ()), ("vit_tiny_p8", 128, True, 32, ()),
             ("vit_base", 224, False, 8, ())),
     visual_steps=4, audio=(192, 4, 3, 10, 8), audio_steps=4,
-    crf_sizes=(96, 128, 224), crf_labels=(2, 5), crf_frames=6, crf_parallel=(32, 128, 5),
+    crf_sizes=(96, 128, 224), crf_labels=(2, 5), crf_frames=6, crf_parallel=(32, 224, 5),
     metric_frames=200, metric_size=224, metric_classes=71,
 )
 QUICK = Sizes(
-    memory_videos=(2, 4), image_size=32,
+    memory_videos=(2, 4), synth_size=32, image_size=24,
     visual=(("vit_tiny_p8", 32, True, 4, (("depth", 1),)), ("vit_tiny_p8", 48, False, 2, (("depth", 1),))),
     visual_steps=1, audio=(32, 1, 1, 2, 2), audio_steps=1,
     crf_sizes=(24,), crf_labels=(2, 3), crf_frames=2, crf_parallel=(4, 24, 3),
@@ -101,7 +105,7 @@ QUICK = Sizes(
 
 
 def fmt(value: Any) -> str:
-    """A number for a table: 3 significant figures without exponents; bools as yes/no."""
+    """A number for a table: about 3 significant figures, never an exponent; bools as yes/no."""
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, (int, np.integer)):
@@ -186,6 +190,12 @@ def reset_peak_rss() -> bool:
         return False
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (benchmark children, CRF and synth workers)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def machine_info() -> dict[str, Any]:
     """CPU model, cores, memory, library versions and threads, load average, date."""
     import torch
@@ -223,7 +233,7 @@ def machine_info() -> dict[str, Any]:
 
 
 def _child_extract(spec: dict[str, Any]) -> dict[str, Any]:
-    from pcas_cli.stages.extract import ExtractConfig, run
+    from pcas_cli.stages.extract import run
 
     cfg = ExtractConfig(layout="avss", root=Path(spec["root"]), run=Path(spec["run"]), splits=("train",),
                         image_size=int(spec["image_size"]))
@@ -296,12 +306,12 @@ class Workspace:
         self._read: dict[int, dict[str, Any]] = {}
 
     def dataset(self, videos: int) -> Path:
-        from pcas_cli.synth import SynthConfig, run
+        from pcas_cli.synth import run
 
         root = self.tmp / f"synth-{videos}"
         if not root.exists():
             run(SynthConfig(layout="avss", root=root, seed=self.seed, videos=videos, val_videos=1, test_videos=1,
-                            image_size=self.sizes.image_size, workers=0 if self.quick else 2))
+                            image_size=self.sizes.synth_size, workers=0 if self.quick else 2))
         return root
 
     def extracted(self, videos: int) -> dict[str, Any]:
@@ -453,7 +463,7 @@ def _smooth_noise(rng: np.random.Generator, channels: int, size: int, cells: int
 
 def crf_items(n: int, size: int, labels: int, seed: int) -> list[tuple[np.ndarray, np.ndarray, list[int]]]:
     """n CRF inputs: synthetic frames with CAM-like probabilities (the visible objects plus smooth noise)."""
-    from pcas_cli.synth import SynthConfig, generate_clip
+    from pcas_cli.synth import generate_clip
 
     cfg = SynthConfig(image_size=size, workers=0, seed=seed)
     rng = np.random.default_rng(seed)
@@ -579,7 +589,7 @@ def _section_memory(m: dict[str, Any]) -> list[str]:
 
 
 def _section_extract(e: dict[str, Any]) -> list[str]:
-    return [f"## Extract throughput ({e['image_size']} px)", "",
+    return [f"## Extract throughput ({e['image_size']} px; the large memory run, after a one-clip warm-up)", "",
             markdown_table(["clips", "frames", "s", "clips/s", "frames/s"],
                            [[e["clips"], e["frames"], e["seconds"], e["clips_per_s"], e["frames_per_s"]]]), ""]
 
@@ -618,14 +628,23 @@ SECTIONS = {"memory": _section_memory, "extract": _section_extract, "models": _s
             "metrics": _section_metrics}
 
 
+def _header(report: dict[str, Any]) -> list[str]:
+    """Title, machine line and per-benchmark wall / CPU time and load (contention shows as load > cores)."""
+    m = report["machine"]
+    runs = "; ".join(f"{k} {fmt(v['seconds'])} / {fmt(v['cpu_seconds'])} / {v['load_average_1min_start']}"
+                     for k, v in report["runs"].items())
+    return ["# pcas benchmarks" + (" (quick: tiny sizes, not a measurement)" if report["quick"] else ""), "",
+            f"Machine: {m['cpu_model']}, {m['usable_cores']} usable cores of {m['cpu_count']}, {m['memory_gb']} GB; "
+            f"torch {m['torch']} ({m['torch_threads']} threads), Python {m['python']}; {m['date']}; "
+            f"load average {m['load_average_start']} at start, {report['load_average_end']} at end; "
+            f"total {report['seconds_total']:.0f} s.", "",
+            "Per benchmark (wall s / CPU s incl. child processes / 1-min load average at its start; a load above the "
+            f"core count means other processes competed for the CPU): {runs}.", ""]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """bench.md: machine line, targets with pass/fail, one section per benchmark."""
-    m = report["machine"]
-    lines = ["# pcas benchmarks" + (" (quick: tiny sizes, not a measurement)" if report["quick"] else ""), "",
-             f"Machine: {m['cpu_model']}, {m['usable_cores']} usable cores of {m['cpu_count']}, "
-             f"{m['memory_gb']} GB; torch {m['torch']} ({m['torch_threads']} threads), Python {m['python']}; "
-             f"{m['date']}; load average {m['load_average_start']} at start, {report['load_average_end']} at end; "
-             f"total {report['seconds_total']:.0f} s.", "", "## Targets", ""]
+    lines = _header(report) + ["## Targets", ""]
     verdict = {True: "PASS", False: "FAIL", None: "not checked (quick)"}
     rows = [[t["name"], t["value"], t["target"], verdict[t["passed"]]] for t in report["targets"]]
     lines += [markdown_table(["target", "value", "required", "result"], rows) if rows else "(none ran)", ""]
@@ -651,17 +670,20 @@ def run(cfg: BenchConfig) -> Path:
     start = time.perf_counter()
     machine = machine_info()
     results: dict[str, Any] = {}
+    runs: dict[str, Any] = {}  # wall time and load per benchmark: other processes on the machine skew timings
     with tempfile.TemporaryDirectory(prefix="pcas-bench-") as tmp:
         ws = Workspace(Path(tmp), sizes, cfg.seed, cfg.quick)
         for name in BENCHMARKS:
             if name in cfg.which:
-                t0 = time.perf_counter()
+                t0, cpu0, load = time.perf_counter(), cpu_seconds(), os.getloadavg()[0]
                 CONSOLE.print(f"[bold blue]bench {name}[/bold blue]")
                 results[name] = RUNNERS[name](ws)
-                CONSOLE.print(f"  done in {time.perf_counter() - t0:.1f} s")
+                runs[name] = {"seconds": time.perf_counter() - t0, "cpu_seconds": cpu_seconds() - cpu0,
+                              "load_average_1min_start": round(load, 2)}
+                CONSOLE.print(f"  done in {runs[name]['seconds']:.1f} s")
     report = {"quick": cfg.quick, "which": list(cfg.which), "seed": cfg.seed, "machine": machine,
               "seconds_total": time.perf_counter() - start,
-              "load_average_end": [round(x, 2) for x in os.getloadavg()], "benchmarks": results,
+              "load_average_end": [round(x, 2) for x in os.getloadavg()], "runs": runs, "benchmarks": results,
               "targets": targets(results, cfg.quick)}
     report["all_passed"] = all(t["passed"] is not False for t in report["targets"])
     out = write_json(Path(cfg.out_dir) / "bench.json", report)

@@ -7,8 +7,8 @@ No torch code lives here; stage modules are imported lazily so `pcas --help` is 
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
+import json
 import sys
 import tomllib
 from pathlib import Path
@@ -321,6 +321,20 @@ def report(
     from pcas_cli.stages.report import ReportConfig, run as report_run
 
     report_run(ReportConfig(runs=runs, out=out, prefix=prefix, update_readme=update_readme))
+
+
+@app.command()
+def bench(
+    out_dir: Path = typer.Option(Path("results"), help="where bench.json and bench.md go"),
+    quick: bool = typer.Option(False, "--quick", help="tiny sizes (a smoke run; memory targets not checked)"),
+    which: Optional[List[str]] = typer.Option(None, help="benchmarks to run (memory, extract, models, crf, metrics)"),
+) -> None:
+    """Speed and memory benchmarks (streaming memory, extract, models, CRF, metrics) -> bench.md / bench.json."""
+    from pcas_cli.bench import BENCHMARKS, BenchConfig, run as bench_run
+
+    path = bench_run(BenchConfig(out_dir=out_dir, quick=quick, which=tuple(which or BENCHMARKS)))
+    if not json.loads(Path(path).read_text()).get("all_passed", True):
+        raise PcasError(f"{path}: a benchmark target failed (see bench.md)")
 
 
 @app.command()

@@ -105,7 +105,7 @@ def test_quick_run_records_machine_and_every_benchmark(quick_report):
 
 def test_quick_memory_children_measure_both_sizes(quick_report):
     mem = quick_report[0]["benchmarks"]["memory"]
-    per_clip = clip_nbytes({"T": 10, "H": 32, "W": 32, "F": 100, "M": 128, "C": 8}) / MB  # AVSS pads to 10 s
+    per_clip = clip_nbytes({"T": 10, "H": 24, "W": 24, "F": 100, "M": 128, "C": 8}) / MB  # AVSS pads to 10 s
     for what in ("extract", "read"):
         small, large = mem[what]["small"], mem[what]["large"]
         assert (small["clips"], large["clips"]) == (2, 4)
