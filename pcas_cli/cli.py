@@ -84,7 +84,7 @@ STAGE_CONFIGS: dict[str, tuple[str, str]] = {
     "train-supervised": ("stages.train_supervised", "TrainSupervisedConfig"),
 }
 
-RunOpt = typer.Option(None, "--run", help="run folder (config default: data/runs/synth-avss)")
+RunOpt = typer.Option(None, "--run", "--run-dir", help="run folder (config default: data/runs/synth-avss)")
 DeviceOpt = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (config default: auto)")
 ResumeOpt = typer.Option(None, "--resume/--no-resume", help="continue an interrupted run from its last checkpoint")
 EpochsOpt = typer.Option(None, "--epochs", help="training epochs (from the stage config)")

@@ -7,7 +7,8 @@ import os
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-CONSOLE = Console(width=120, stderr=False)
+# Only rank 0 of a distributed run talks; the other ranks would repeat every line.
+CONSOLE = Console(width=120, stderr=False, quiet=int(os.environ.get("RANK", "0")) != 0)
 
 
 def progress(transient: bool = False) -> Progress:

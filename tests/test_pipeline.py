@@ -122,3 +122,14 @@ def test_stale_inputs_are_refused(run_dir: Path, tmp_path: Path) -> None:
     _rewrite_features(run2 / "features/train.h5", shift)  # train features changed after visual.pt was made
     with pytest.raises(PcasError, match="stale input"):
         pcas("train-tvp", "--run", str(run2), "--epochs", "1", "--device", "cpu")
+
+
+def test_same_seed_same_weights(run_dir: Path, tmp_path: Path) -> None:
+    """Training is deterministic for a seed: a rerun of train-visual reproduces the weights bit for bit."""
+    from pcas_cli.training.checkpoint import load_checkpoint
+
+    run2 = tmp_path / "run"
+    shutil.copytree(run_dir, run2)
+    pcas("train-visual", "--run", str(run2), "--epochs", "1", "--device", "cpu", *TINY_VISUAL, *TINY_OPTIM)
+    first = load_checkpoint(run_dir / "ckpt/visual.pt")["artifact_id"]
+    assert load_checkpoint(run2 / "ckpt/visual.pt")["artifact_id"] == first

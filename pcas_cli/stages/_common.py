@@ -31,9 +31,9 @@ class VisualModelConfig:
 
 @dataclass(frozen=True)
 class AudioModelConfig:
-    embed_dim: int = 192  # token width D (AST-base: 768)
-    depth: int = 4  # transformer blocks (AST-base: 12)
-    num_heads: int = 3  # attention heads (AST-base: 12)
+    embed_dim: int = 128  # token width D (AST-base: 768)
+    depth: int = 3  # transformer blocks (AST-base: 12)
+    num_heads: int = 4  # attention heads (AST-base: 12)
     patch_stride: tuple[int, int] = (16, 16)  # (freq, time) stride of the 16x16 patches; AST overlap = (10, 10)
     context: str = "second"  # "second": one sequence per second [prompt, patches]; "clip": one per clip, interleaved
 
@@ -256,7 +256,7 @@ def build_audio_cache(features: ArtifactReader, audio: nn.Module, prompt_visual:
     return AudioCache(torch.stack(tokens), torch.stack(probs), features.clip_ids())
 
 
-def listener(run: Path, tvp_ckpt: Path, device: torch.device) -> tuple[nn.Module, nn.Module | None, dict[str, Any]]:
+def listener(tvp_ckpt: Path, device: torch.device) -> tuple[nn.Module, nn.Module | None, dict[str, Any]]:
     """The frozen audio encoder of tvp.pt and, when it was trained with TVP, the Looking encoder that prompts it."""
     audio, ckpt = audio_from_checkpoint(tvp_ckpt)
     prompt_visual = None

@@ -27,6 +27,7 @@ from pcas_cli.errors import PcasError
 from pcas_cli.losses import (IGNORE, cmc_loss, cmcc_loss, cmpc_loss, crop_labels_from_patch_labels, multilabel_loss,
                              patch_labels_from_audio)
 from pcas_cli.provenance import make_provenance
+from pcas_cli.seed import seed_everything
 from pcas_cli.stages._common import (AudioCache, PCASModel, ProjectionConfig, build_audio_cache, check_fresh,
                                      feature_key, features_path, listener, open_features, resolve_device, run_paths,
                                      stage_config, visual_from_checkpoint)
@@ -75,7 +76,7 @@ class ContrastConfig:
     cmcc_params: CMCCParams = field(default_factory=CMCCParams)  # CMCC crops
     proj: ProjectionConfig = field(default_factory=ProjectionConfig)  # shared-space projection heads
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(optimizer="adamw", lr=3e-4, weight_decay=0.05,
-                                                                   epochs=4, warmup_epochs=1, batch_size=32,
+                                                                   epochs=3, warmup_epochs=0.5, batch_size=32,
                                                                    clip_grad_norm=1.0))  # optimisation
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(crop_scale=(0.6, 1.0), hflip=0.5))
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -150,6 +151,7 @@ def run_contrast(cfg: ContrastConfig, stage: str, default_init: str) -> Path:
     """Train the visual encoder + projection heads with the enabled terms; writes ckpt/<name>.pt."""
     if not (cfg.cmc or cfg.cmpc or cfg.cmcc):
         raise PcasError(f"{stage}: enable at least one of cmc, cmpc, cmcc")
+    seed_everything(cfg.optim.seed)  # before building the heads: same seed, same initial weights
     device = resolve_device(cfg.device)
     ckpt_dir = run_paths(cfg.run)["ckpt"]
     init = cfg.init or default_init
@@ -159,14 +161,13 @@ def run_contrast(cfg: ContrastConfig, stage: str, default_init: str) -> Path:
     init_path, listener_path = ckpt_dir / f"{init}.pt", ckpt_dir / f"{cfg.listener}.pt"
     train = open_features(cfg.run, "train")
     model, init_ckpt = visual_from_checkpoint(init_path, init_stage)
-    audio, prompt_visual, lck = listener(cfg.run, listener_path, device)
+    audio, prompt_visual, lck = listener(listener_path, device)
     inputs = {feature_key("train"): train.artifact_id, f"ckpt/{init}.pt": init_ckpt["artifact_id"],
               f"ckpt/{cfg.listener}.pt": lck["artifact_id"]}
     check_fresh(init_path, init_ckpt, inputs)
     check_fresh(listener_path, lck, inputs)
     if not model.has_projections:  # starting from visual.pt: add the shared-space heads
-        fresh = PCASModel(model.visual, audio.embed_dim, cfg.proj)
-        model = fresh
+        model = PCASModel(model.visual, audio.embed_dim, cfg.proj)
     cache = build_audio_cache(train, audio, prompt_visual, device)
     spec = {**init_ckpt["provenance"]["model_spec"], "proj": to_dict(cfg.proj), "audio_dim": audio.embed_dim}
     prov = make_provenance(stage, stage_config(cfg), cfg.optim.seed, inputs)

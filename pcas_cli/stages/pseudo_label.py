@@ -74,7 +74,7 @@ class MapMaker:
         self.inputs = {feature_key(cfg.split): features.artifact_id, f"ckpt/{cfg.weights}.pt": wck["artifact_id"]}
         self.cache = None
         if cfg.listener:
-            audio, prompt_visual, lck = listener(cfg.run, ckpt_dir / f"{cfg.listener}.pt", device)
+            audio, prompt_visual, lck = listener(ckpt_dir / f"{cfg.listener}.pt", device)
             self.inputs[f"ckpt/{cfg.listener}.pt"] = lck["artifact_id"]
             self.cache = build_audio_cache(features, audio, prompt_visual, device, desc=f"listening ({cfg.split})")
         if cfg.mode == "similarity" and not (self.cache is not None and self.model.has_projections):

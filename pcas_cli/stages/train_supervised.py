@@ -22,6 +22,7 @@ from pcas_cli.console import CONSOLE
 from pcas_cli.losses import IGNORE, segmentation_loss
 from pcas_cli.metrics import BinaryMIoU, SemanticScores
 from pcas_cli.provenance import make_provenance
+from pcas_cli.seed import seed_everything
 from pcas_cli.stages._common import (VisualModelConfig, base_spec, build_visual, feature_key, features_path,
                                      frames_to_tensor, open_features, resolve_device, run_paths, stage_config)
 from pcas_cli.stages._predict import prediction_classes, write_predictions
@@ -37,7 +38,7 @@ class TrainSupervisedConfig:
     decoder_width: int = 128  # FPN decoder channels
     out: str = "supervised"  # prediction folder under the run
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(optimizer="adamw", lr=1e-3, weight_decay=0.05,
-                                                                   epochs=20, warmup_epochs=1, batch_size=32,
+                                                                   epochs=12, warmup_epochs=1, batch_size=32,
                                                                    clip_grad_norm=1.0))  # optimisation
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(crop_scale=(0.5, 1.0), hflip=0.5))
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -100,6 +101,7 @@ def prediction_rows(model: nn.Module, feats: ArtifactReader, device: torch.devic
 
 
 def run(cfg: TrainSupervisedConfig) -> Path:
+    seed_everything(cfg.optim.seed)  # before building the model: same seed, same initial weights
     device = resolve_device(cfg.device)
     train, val, test = (open_features(cfg.run, s) for s in ("train", "val", "test"))
     spec = base_spec(train, cfg.model)

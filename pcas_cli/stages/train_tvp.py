@@ -25,6 +25,7 @@ from pcas_cli.console import CONSOLE
 from pcas_cli.losses import audio_mil_loss
 from pcas_cli.metrics_cls import exact_set_accuracy, mean_average_precision
 from pcas_cli.provenance import make_provenance
+from pcas_cli.seed import seed_everything
 from pcas_cli.stages._common import (AudioModelConfig, audio_from_checkpoint, build_audio, check_fresh, feature_key,
                                      features_path, frame_classes_from_masks, frames_to_tensor, open_features,
                                      resolve_device, run_paths, stage_config, visual_from_checkpoint, visual_prompts)
@@ -41,7 +42,7 @@ class TrainTVPConfig:
     audio: AudioModelConfig = field(default_factory=AudioModelConfig)  # audio encoder size
     mil_sharpness: float = 5.0  # log-sum-exp pooling sharpness of the MIL loss (large = max over seconds)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(optimizer="adamw", lr=5e-4, weight_decay=0.01,
-                                                                   epochs=20, warmup_epochs=2, batch_size=16,
+                                                                   epochs=12, warmup_epochs=1, batch_size=16,
                                                                    clip_grad_norm=1.0))  # optimisation
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(time_mask=20, freq_mask=24))
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -129,6 +130,7 @@ class ListenerEval:
 
 
 def run(cfg: TrainTVPConfig) -> Path:
+    seed_everything(cfg.optim.seed)  # before building the model: same seed, same initial weights
     device = resolve_device(cfg.device)
     ckpt_dir = run_paths(cfg.run)["ckpt"]
     train, val = open_features(cfg.run, "train"), open_features(cfg.run, "val")

@@ -20,6 +20,7 @@ from pcas_cli.console import CONSOLE
 from pcas_cli.losses import multilabel_loss
 from pcas_cli.metrics_cls import mean_average_precision
 from pcas_cli.provenance import make_provenance
+from pcas_cli.seed import seed_everything
 from pcas_cli.stages._common import (PCASModel, VisualModelConfig, base_spec, build_visual, feature_key,
                                      features_path, open_features, resolve_device, run_paths, stage_config)
 from pcas_cli.training.data import AugmentConfig, FrameDataset
@@ -71,6 +72,7 @@ def evaluate_visual(visual: nn.Module, run: Path, device: torch.device, batch: i
 
 
 def run(cfg: TrainVisualConfig) -> Path:
+    seed_everything(cfg.optim.seed)  # before building the model: same seed, same initial weights
     train = open_features(cfg.run, "train")
     val = open_features(cfg.run, "val")
     spec = base_spec(train, cfg.model)
