@@ -173,11 +173,7 @@ def output_root(cfg: AVDigitsConfig) -> Path:
 
 
 def split_sizes(cfg: AVDigitsConfig) -> dict[str, int]:
-    """Clips per split: `videos` for train, val/test a quarter of it unless given."""
-    quarter = max(1, cfg.videos // 4)
-    return {"train": cfg.videos,
-            "val": quarter if cfg.val_videos is None else cfg.val_videos,
-            "test": quarter if cfg.test_videos is None else cfg.test_videos}
+    return scenes.split_sizes(cfg.videos, cfg.val_videos, cfg.test_videos)
 
 
 def check_config(cfg: AVDigitsConfig) -> None:

@@ -421,3 +421,11 @@ class SceneStats:
             "mask_foreground_fraction": share(self.fg_sum, n_src),
             "per_class": per_class,
         }
+
+
+def split_sizes(videos: int, val_videos: int | None = None, test_videos: int | None = None) -> dict[str, int]:
+    """Clips per split: `videos` for train, val/test a quarter of it (at least 1) unless given."""
+    quarter = max(1, videos // 4)
+    return {"train": videos,
+            "val": quarter if val_videos is None else val_videos,
+            "test": quarter if test_videos is None else test_videos}

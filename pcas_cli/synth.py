@@ -145,11 +145,7 @@ def output_root(cfg: SynthConfig) -> Path:
 
 
 def split_sizes(cfg: SynthConfig) -> dict[str, int]:
-    """Clips per split: `videos` for train, val/test proportional (a quarter) unless given."""
-    quarter = max(1, cfg.videos // 4)
-    return {"train": cfg.videos,
-            "val": quarter if cfg.val_videos is None else cfg.val_videos,
-            "test": quarter if cfg.test_videos is None else cfg.test_videos}
+    return scenes.split_sizes(cfg.videos, cfg.val_videos, cfg.test_videos)
 
 
 def class_names(cfg: SynthConfig) -> tuple[str, ...]:
