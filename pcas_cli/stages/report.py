@@ -146,7 +146,7 @@ def timing_table(cfg: ReportConfig) -> tuple[list[str], list[dict[str, Any]]]:
         run = run or next((Path(a).parent.parent.name for a in argv if a.endswith(".h5")), "")
         if not run.startswith(cfg.prefix):
             continue
-        detail = " ".join(a for a in argv if a.startswith("--") and a not in ("--run", "--root"))
+        detail = _describe_argv(argv)
         latest[(run, f"{rec['command']} {detail}".strip())] = rec
     rows = [{"run": r, "command": c, "seconds": v["seconds"], "peak_rss_mb": v["peak_rss_mb"]}
             for (r, c), v in sorted(latest.items())]
@@ -155,6 +155,20 @@ def timing_table(cfg: ReportConfig) -> tuple[list[str], list[dict[str, Any]]]:
     total = sum(r["seconds"] for r in rows)
     lines.append(f"| all | | {total:.1f} | {max((r['peak_rss_mb'] for r in rows), default=0):.0f} |")
     return lines, rows
+
+
+def _describe_argv(argv: list[str]) -> str:
+    """Options of a logged command without the run/input paths (which name the run, already a column)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in ("--run", "--run-dir", "--root", "--features", "--predictions", "--mnist", "--fsdd"):
+            skip = True
+            continue
+        out.append("/".join(Path(a).parts[-2:]) if "/" in a else a)
+    return " ".join(out)
 
 
 def write_examples(cfg: ReportConfig, out: Path, n_clips: int = 4) -> Path | None:
