@@ -350,3 +350,26 @@ def test_segmentation_model_shapes(name: str, size: int, kw: dict) -> None:
     assert model(x).shape == (2, 4, size, size)
     # the decoder itself predicts at 1/4 of the input, not at the backbone stride
     assert model.decode(enc.pyramid(x)).shape[-2:] == (size // 4, size // 4)
+
+
+@pytest.mark.parametrize("backbone,kwargs", [("vit_tiny_p8", {"depth": 1}), ("resnet50", {}), ("pvt_v2_b2", {})])
+@pytest.mark.parametrize("with_prompt", [True, False])
+def test_tvp_with_each_backbone(backbone: str, kwargs: dict, with_prompt: bool) -> None:
+    """TVP end to end: each backbone's pooled frame token prompts its second; per-second outputs for T seconds."""
+    import torch
+
+    from pcas_cli.models import AudioEncoder, build_visual_encoder
+
+    b, t, classes = 2, 3, 4
+    visual = build_visual_encoder(backbone, classes, 64, **kwargs).eval()
+    frames = torch.rand(b * t, 3, 64, 64)
+    with torch.no_grad():
+        prompts = visual(frames).pooled.view(b, t, -1)  # (B, T, Dv): v_t of each second's frame
+    audio = AudioEncoder(classes, embed_dim=32, depth=1, num_heads=2, visual_dim=visual.embed_dim, context="clip")
+    layout = audio.sequence_layout(t, with_prompt=with_prompt)
+    out = audio(torch.randn(b, t, 100, 128), visual_prompt=prompts if with_prompt else None)
+    assert out.tokens.shape == (b, t, 32) and out.logits.shape == (b, t, classes)
+    if with_prompt:  # the prompt of second s sits right before second s's patch tokens
+        assert torch.equal(layout.prompt_index + 1, layout.patch_index[:, 0])
+    else:
+        assert layout.prompt_index is None
