@@ -199,6 +199,8 @@ def write_examples(cfg: ReportConfig, out: Path, n_clips: int = 4) -> Path | Non
             m = p.read("masks", i)[t]
             row.append(_overlay(frame, index_to_rgb(m), m > 0))
         tiles.append(row)
+    zoom = max(1, 160 // tiles[0][0].shape[1])  # small frames are enlarged (nearest) so masks stay readable
+    tiles = [[np.kron(t, np.ones((zoom, zoom, 1), np.uint8)) for t in row] for row in tiles]
     h, w = tiles[0][0].shape[:2]
     pad, top = 4, 18
     canvas = Image.new("RGB", (len(header) * (w + pad) + pad, top + len(tiles) * (h + pad) + pad), "white")
