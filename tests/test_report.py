@@ -1,0 +1,40 @@
+"""`pcas report` builds the paper's tables from metrics files and refreshes only the README's results block."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pcas_cli.stages.report import README_END, README_START, ReportConfig, run
+
+
+def _metrics(path: Path, miou: float, fscore: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"miou": miou, "fscore": fscore, "miou_present": miou}))
+
+
+def test_tables_and_readme_block(tmp_path: Path, monkeypatch) -> None:
+    runs = tmp_path / "runs"
+    _metrics(runs / "x-s4/metrics/pcas.json", 0.5, 0.6)
+    _metrics(runs / "x-s4/metrics/cam.json", 0.25, 0.3)
+    _metrics(runs / "x-avss/metrics/pcas.json", 0.4, 0.45)
+    _metrics(runs / "x-avss/metrics/supervised.json", 0.5, 0.55)
+    (runs / "x-avss/metrics/audio-tvp.json").write_text(json.dumps({"map": 0.8, "exact_acc": 0.5, "frames": 10}))
+    timings = tmp_path / "timings.jsonl"
+    timings.write_text(json.dumps({"command": "refine", "argv": ["--run", str(runs / "x-avss"), "--no-cmc"],
+                                   "seconds": 12.5, "peak_rss_mb": 900.0}) + "\n")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "README.md").write_text(f"intro\n{README_START}\nold\n{README_END}\noutro\n")
+    md = run(ReportConfig(runs=runs, out=tmp_path / "results", prefix="x", timings=timings))
+    text = md.read_text()
+    assert "| PCAS | 60.00 | 50.00 | – | – |" in text  # Table 1: F then mIoU, x100, MS3 missing
+    assert "| Weakly supervised | PCAS | 45.00 | 40.00 | 40.00 | 80.0% |" in text  # 0.4 / 0.5 of the bound
+    assert "| AST + TVP | – | – | – | – | 0.800 | 0.500 |" in text
+    assert "| x-avss | `refine --no-cmc` | 12.5 | 900 |" in text
+    data = json.loads((tmp_path / "results/x.json").read_text())
+    assert data["table2"]["pcas"]["relative_to_supervised"] == 0.8
+    readme = (tmp_path / "README.md").read_text()
+    assert readme.startswith("intro\n") and readme.endswith("outro\n") and "old" in readme  # prefix x: untouched
+    run(ReportConfig(runs=runs, out=tmp_path / "results", prefix="synth", timings=timings))
+    readme = (tmp_path / "README.md").read_text()
+    assert "old" not in readme and readme.startswith("intro\n") and readme.endswith("outro\n")
