@@ -429,3 +429,14 @@ def split_sizes(videos: int, val_videos: int | None = None, test_videos: int | N
     return {"train": videos,
             "val": quarter if val_videos is None else val_videos,
             "test": quarter if test_videos is None else test_videos}
+
+
+def clip_tasks(layout: str, seed: int, sizes: dict[str, int], subset_mix: tuple[float, float, float],
+               splits: Sequence[str] = SPLITS) -> list[tuple[str, int, str]]:
+    """(split, index, subset) of every clip of a generated data set, in output order (seeded subset plan)."""
+    tasks = []
+    for split in splits:
+        plan_rng = np.random.default_rng(np.random.SeedSequence([seed, SPLITS.index(split), 2 ** 31]))
+        plan = plan_subsets(layout, sizes[split], subset_mix, plan_rng)
+        tasks += [(split, i, subset) for i, subset in enumerate(plan)]
+    return tasks

@@ -619,13 +619,7 @@ def to_layout_sample(s: Sample) -> Sample:
 
 def clip_tasks(cfg: SynthConfig, splits: Sequence[str] = scenes.SPLITS) -> list[tuple[str, int, str]]:
     """(split, index, subset) of every clip, in output order."""
-    sizes = split_sizes(cfg)
-    tasks = []
-    for split in splits:
-        plan_rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, scenes.SPLITS.index(split), 2 ** 31]))
-        plan = scenes.plan_subsets(cfg.layout, sizes[split], cfg.subset_mix, plan_rng)
-        tasks += [(split, i, subset) for i, subset in enumerate(plan)]
-    return tasks
+    return scenes.clip_tasks(cfg.layout, cfg.seed, split_sizes(cfg), cfg.subset_mix, splits)
 
 
 def _clip_task(args: tuple[SynthConfig, str, int, str]) -> Clip:
