@@ -216,3 +216,41 @@ def test_sharpen_negative_cosines_flat_maps_and_resizing():
         sharpen_with_similarity(cam, sim, alpha=-1.0)
     with pytest.raises(ValueError):
         sharpen_with_similarity(cam, sim[:1])
+
+
+# --- pseudo-label: presence threshold, background threshold, argmax, binary vs semantic ---------------------------
+
+def _frame_maps():
+    from pcas_cli.stages.pseudo_label import FrameMaps
+
+    # One frame, 2 classes over 4 pixels: class 1 strong on the left, class 2 weaker on the right.
+    maps = torch.tensor([[0.9, 0.6, 0.1, 0.0], [0.0, 0.2, 0.5, 0.8]]).view(1, 2, 1, 4)
+    presence = torch.tensor([[0.9, 0.45]])  # class 2 is only weakly heard
+    return FrameMaps(maps, presence, torch.ones(1, 2, dtype=torch.bool))
+
+
+def test_pseudo_label_semantic_thresholds_and_argmax():
+    from pcas_cli.stages.pseudo_label import Thresholds, to_prediction
+
+    fm = _frame_maps()
+    scores, masks = to_prediction(fm, Thresholds(presence=0.4, background=0.3), "semantic")
+    assert masks.tolist() == [[[1, 1, 2, 2]]]
+    assert scores.shape == (1, 3, 1, 4) and abs(float(scores.astype("float32").sum(1).mean()) - 1) < 1e-3
+    # presence 0.5 drops class 2 (absent classes are zeroed: never labelled, probability 0)
+    scores, masks = to_prediction(fm, Thresholds(presence=0.5, background=0.3), "semantic")
+    assert masks.tolist() == [[[1, 1, 0, 0]]] and float(scores[0, 2].max()) == 0.0
+    # a higher background threshold turns weak activations into background
+    _, masks = to_prediction(fm, Thresholds(presence=0.4, background=0.7), "semantic")
+    assert masks.tolist() == [[[1, 0, 0, 2]]]
+
+
+def test_pseudo_label_binary_and_allowed_mask():
+    from pcas_cli.stages.pseudo_label import FrameMaps, Thresholds, to_prediction
+
+    fm = _frame_maps()
+    scores, masks = to_prediction(fm, Thresholds(presence=0.4, background=0.3), "binary")
+    assert masks.tolist() == [[[1, 1, 1, 1]]] and scores.shape == (1, 2, 1, 4)
+    # a class outside the allowed set (e.g. not in a train clip's video labels) is removed whatever its presence
+    blocked = FrameMaps(fm.maps, fm.presence, torch.tensor([[False, True]]))
+    _, masks = to_prediction(blocked, Thresholds(presence=0.4, background=0.3), "semantic")
+    assert masks.tolist() == [[[0, 0, 2, 2]]]

@@ -10,8 +10,10 @@ For frame t of a clip:
 3. Background where every class map is <= the background threshold; semantic mask = argmax. Soft scores are the
    softmax over [threshold, class maps] (ToCo's CRF unary); binary data sets keep [1 - fg, fg] with fg = 1 - p_bg.
 
-The background threshold is chosen on val (sweeping `bg_thresholds`, scored against val masks: the only use of
-ground truth here) and recorded in val's artifact; other splits read it from there, so test never tunes on test.
+Two thresholds are chosen on val, jointly (a grid sweep scored against the val masks, the only use of ground truth
+here): the presence threshold (a class sounds in frame t when its probability exceeds it) and the background
+threshold. Both are recorded in val's artifact; other splits read them from there, so test never tunes on test.
+The CAM baseline gets the same sweep over its visual presence probabilities, so the comparison is fair.
 """
 
 from __future__ import annotations
@@ -44,13 +46,13 @@ class PseudoLabelConfig:
     listener: str = "tvp"  # ckpt/<listener>.pt says which classes sound; "" = visual-only (CAM baseline)
     mode: Literal["cam", "similarity"] = "cam"  # class maps from CAMs, or from audio-patch similarity (baseline)
     out: str = "pseudo"  # output folder under the run: <out>/<split>.h5
-    audio_threshold: float = 0.5  # class c sounds in second t when p_t[c] exceeds this
-    visual_threshold: float = 0.5  # visual-only: class c is present when the classifier's probability exceeds this
+    presence_thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)  # swept on val: class c counts in frame t
+    # when its probability (audio, or visual for the CAM baseline) exceeds the threshold
     train_use_labels: bool = True  # on train, also require the class to be in the clip's video labels
     sim_alpha: float = 1.0  # exponent of the similarity sharpening (0 = plain CAMs)
     scales: tuple[float, ...] = (1.0, 0.5, 1.5)  # multi-scale CAM (ToCo)
     flip: bool = True  # merge each scale with its horizontal flip
-    bg_thresholds: tuple[float, ...] = (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)  # swept on val
+    bg_thresholds: tuple[float, ...] = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)  # swept on val
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
 
@@ -58,8 +60,13 @@ class PseudoLabelConfig:
 class FrameMaps:
     """Class maps of one clip before thresholding."""
 
-    maps: Tensor  # (T, C, H, W) in [0, 1], absent classes 0
+    maps: Tensor  # (T, C, H, W) in [0, 1], before any class is removed
     presence: Tensor  # (T, C) probabilities that class c sounds (or is visible, visual-only) in frame t
+    allowed: Tensor  # (T, C) bool: valid frame and (train only, optionally) class in the video labels
+
+    def present(self, threshold: float) -> Tensor:
+        """(T, C) float {0, 1}: classes kept in each frame at this presence threshold."""
+        return ((self.presence > threshold) & self.allowed).float()
 
 
 class MapMaker:
@@ -89,13 +96,11 @@ class MapMaker:
         out = visual(images)
         if self.cache is not None:
             presence = self.cache.probs[i].to(self.device)  # (T, C)
-            present = (presence > cfg.audio_threshold).float()
         else:
             presence = torch.sigmoid(out.logits)  # visual-only: classes visible in the frame
-            present = (presence > cfg.visual_threshold).float()
+        allowed = torch.from_numpy(clip["frame_valid"]).bool().to(self.device)[:, None].expand_as(presence)
         if cfg.split == "train" and cfg.train_use_labels:
-            present = present * torch.from_numpy(clip["labels"]).float().to(self.device)[None]
-        present = present * torch.from_numpy(clip["frame_valid"]).float().to(self.device)[:, None]
+            allowed = allowed & torch.from_numpy(clip["labels"]).bool().to(self.device)[None]
         sim = self.similarity(out, i, images.shape[-2:]) if self.cache is not None and self.model.has_projections \
             else None
         if cfg.mode == "similarity":
@@ -105,7 +110,7 @@ class MapMaker:
             maps = normalize_cam(cams)
             if sim is not None and cfg.sim_alpha > 0:
                 maps = maps * sim[:, None].clamp(min=0) ** cfg.sim_alpha
-        return FrameMaps(mask_absent(maps, present), presence)
+        return FrameMaps(maps, presence, allowed)
 
     def similarity(self, out: Any, i: int, size: tuple[int, int]) -> Tensor:
         """(T, H, W) per-frame min-max normalised cos(P_v(patch), P_a(a_t)), upsampled to the frame."""
@@ -124,13 +129,19 @@ def _tokens(visual: Any, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
     return out.patch_tokens, out.grid
 
 
-def to_prediction(maps: FrameMaps, bg_threshold: float, task: str) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class Thresholds:
+    presence: float  # class c counts in frame t when its probability exceeds this
+    background: float  # background where every kept class map is <= this
+
+
+def to_prediction(maps: FrameMaps, th: Thresholds, task: str) -> tuple[np.ndarray, np.ndarray]:
     """(T, K, H, W) float16 soft scores and (T, H, W) uint8 masks from class maps (see module docstring, step 3)."""
-    scores = cam_to_scores(maps.maps, bg_threshold)  # (T, C + 1, H, W), channel 0 = background
-    present = maps.maps.flatten(2).amax(dim=2) > 0  # (T, C): classes kept after masking
-    probs = scores_to_probs(scores, class_presence=present.float())
-    masks = scores.masked_fill(~torch.cat([torch.ones_like(present[:, :1]), present], 1)[:, :, None, None],
-                               -1.0).argmax(dim=1)  # ties -> background (first channel)
+    present = maps.present(th.presence)  # (T, C)
+    scores = cam_to_scores(mask_absent(maps.maps, present), th.background)  # (T, C + 1, H, W), 0 = background
+    probs = scores_to_probs(scores, class_presence=present)
+    keep = torch.cat([torch.ones_like(present[:, :1]), present], 1).bool()  # (T, C + 1)
+    masks = scores.masked_fill(~keep[:, :, None, None], -1.0).argmax(dim=1)  # ties -> background (first channel)
     if task == "binary":
         fg = 1.0 - probs[:, 0]
         probs = torch.stack([1.0 - fg, fg], dim=1)
@@ -138,42 +149,48 @@ def to_prediction(maps: FrameMaps, bg_threshold: float, task: str) -> tuple[np.n
     return probs.cpu().numpy().astype(np.float16), masks.cpu().numpy().astype(np.uint8)
 
 
-def sweep_threshold(maker: MapMaker, thresholds: tuple[float, ...]) -> tuple[float, dict[float, float]]:
-    """Choose the background threshold with the best val mIoU (official metric of the task); returns all scores."""
+def sweep_thresholds(maker: MapMaker, cfg: PseudoLabelConfig) -> tuple[Thresholds, dict[str, float]]:
+    """Choose (presence, background) thresholds with the best val mIoU (the task's official metric) on a grid;
+    returns the choice and every grid point's score ("presence/background" -> mIoU)."""
     feats = maker.features
+    grid = [Thresholds(p, b) for p in cfg.presence_thresholds for b in cfg.bg_thresholds]
     if feats.task == "semantic":
-        accs = {t: SemanticScores(len(feats.classes) + 1) for t in thresholds}
+        accs = {th: SemanticScores(len(feats.classes) + 1) for th in grid}
     else:
-        accs = {t: BinaryMIoU() for t in thresholds}
+        accs = {th: BinaryMIoU() for th in grid}
     with progress(transient=True) as bar:
-        task = bar.add_task("choosing threshold on val", total=len(feats), info="")
+        task = bar.add_task("choosing thresholds on val", total=len(feats), info="")
         for i in range(len(feats)):
             maps = maker.clip_maps(i)
             gt = feats.clip(i, ("masks", "mask_valid"))
             keep = gt["mask_valid"]
-            for t, acc in accs.items():
-                _, masks = to_prediction(maps, t, feats.task)
+            for th, acc in accs.items():
+                _, masks = to_prediction(maps, th, feats.task)
                 acc.update(masks[keep], gt["masks"][keep])
             bar.advance(task)
-    scores = {t: float(acc.result()["miou"]) for t, acc in accs.items()}
-    best = max(thresholds, key=lambda t: (scores[t], -abs(t - 0.5)))
-    return best, scores
+    scores = {th: float(acc.result()["miou"]) for th, acc in accs.items()}
+    # Ties (flat regions of the grid) go to the thresholds nearest 0.5, the conventional default.
+    best = max(grid, key=lambda th: (scores[th], -abs(th.presence - 0.5) - abs(th.background - 0.5)))
+    return best, {f"{th.presence}/{th.background}": v for th, v in scores.items()}
 
 
-def threshold_from_val(cfg: PseudoLabelConfig) -> tuple[float, str]:
+def thresholds_from_val(cfg: PseudoLabelConfig) -> tuple[Thresholds, str]:
     val_path = Path(cfg.run) / cfg.out / "val.h5"
     if not val_path.exists():
         raise PcasError(f"{val_path}: not found; run `pcas pseudo-label --split val` first (it chooses the "
-                        "background threshold on val)")
+                        "thresholds)")
     val = read_predictions(val_path)
-    return float(val.meta["bg_threshold"]), val.artifact_id
+    if "presence_threshold" not in val.meta:
+        raise PcasError(f"{val_path}: made by an older pcas without a presence threshold; rerun "
+                        "`pcas pseudo-label --split val`")
+    return Thresholds(float(val.meta["presence_threshold"]), float(val.meta["bg_threshold"])), val.artifact_id
 
 
-def iter_rows(maker: MapMaker, bg_threshold: float) -> Iterator[dict[str, Any]]:
+def iter_rows(maker: MapMaker, th: Thresholds) -> Iterator[dict[str, Any]]:
     feats = maker.features
     for i in range(len(feats)):
         maps = maker.clip_maps(i)
-        scores, masks = to_prediction(maps, bg_threshold, feats.task)
+        scores, masks = to_prediction(maps, th, feats.task)
         yield {"clip_id": feats.read("clip_id", i), "scores": scores, "masks": masks,
                "frame_classes": maps.presence.cpu().numpy().astype(np.float32)}
 
@@ -183,14 +200,16 @@ def run(cfg: PseudoLabelConfig) -> Path:
     feats = open_features(cfg.run, cfg.split)
     maker = MapMaker(cfg, feats, device)
     inputs = dict(maker.inputs)
-    sweep: dict[float, float] = {}
+    sweep: dict[str, float] = {}
     if cfg.split == "val":
-        bg, sweep = sweep_threshold(maker, cfg.bg_thresholds)
-        CONSOLE.print(f"background threshold chosen on val: {bg} (val mIoU {sweep[bg]:.4f})")
+        th, sweep = sweep_thresholds(maker, cfg)
+        CONSOLE.print(f"thresholds chosen on val: presence {th.presence}, background {th.background} "
+                      f"(val mIoU {sweep[f'{th.presence}/{th.background}']:.4f})")
     else:
-        bg, val_id = threshold_from_val(cfg)
+        th, val_id = thresholds_from_val(cfg)
         inputs[f"{cfg.out}/val.h5"] = val_id
-    meta = {"bg_threshold": bg, "threshold_sweep_val_miou": {str(k): v for k, v in sweep.items()}, "method": cfg.out}
+    meta = {"presence_threshold": th.presence, "bg_threshold": th.background, "threshold_sweep_val_miou": sweep,
+            "method": cfg.out}
     prov = make_provenance("pseudo-label", stage_config(cfg), None, inputs)
-    return write_predictions(Path(cfg.run) / cfg.out / f"{cfg.split}.h5", feats, iter_rows(maker, bg), meta, prov,
+    return write_predictions(Path(cfg.run) / cfg.out / f"{cfg.split}.h5", feats, iter_rows(maker, th), meta, prov,
                              f"{cfg.out} {cfg.split}")

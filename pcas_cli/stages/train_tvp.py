@@ -41,8 +41,8 @@ class TrainTVPConfig:
     name: str = ""  # output stem in ckpt/ ("" = "tvp" with TVP, "ast" without)
     audio: AudioModelConfig = field(default_factory=AudioModelConfig)  # audio encoder size
     mil_sharpness: float = 5.0  # log-sum-exp pooling sharpness of the MIL loss (large = max over seconds)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(optimizer="adamw", lr=5e-4, weight_decay=0.01,
-                                                                   epochs=12, warmup_epochs=1, batch_size=16,
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(optimizer="adamw", lr=1e-3, weight_decay=0.01,
+                                                                   epochs=40, warmup_epochs=2, batch_size=16,
                                                                    clip_grad_norm=1.0))  # optimisation
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(time_mask=20, freq_mask=24))
     device: str = "auto"  # auto | cpu | cuda | cuda:N
