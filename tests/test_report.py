@@ -8,16 +8,17 @@ from pathlib import Path
 from pcas_cli.stages.report import README_END, README_START, ReportConfig, run
 
 
-def _metrics(path: Path, miou: float, fscore: float) -> None:
+def _metrics(path: Path, miou: float, fscore: float, per_class: dict | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"miou": miou, "fscore": fscore, "miou_present": miou}))
+    path.write_text(json.dumps({"miou": miou, "fscore": fscore, "miou_present": miou, "per_class": per_class or {}}))
 
 
 def test_tables_and_readme_block(tmp_path: Path, monkeypatch) -> None:
     runs = tmp_path / "runs"
     _metrics(runs / "x-s4/metrics/pcas.json", 0.5, 0.6)
     _metrics(runs / "x-s4/metrics/cam.json", 0.25, 0.3)
-    _metrics(runs / "x-avss/metrics/pcas.json", 0.4, 0.45)
+    _metrics(runs / "x-avss/metrics/pcas.json", 0.4, 0.45, {"ring": {"iou": 0.19}, "drum": {"iou": 0.5}})
+    _metrics(runs / "x-avss/metrics/pcas-crf.json", 0.41, 0.46, {"ring": {"iou": 0.03}, "drum": {"iou": 0.6}})
     _metrics(runs / "x-avss/metrics/supervised.json", 0.5, 0.55)
     (runs / "x-avss/metrics/audio-tvp.json").write_text(json.dumps({"map": 0.8, "exact_acc": 0.5, "frames": 10}))
     timings = tmp_path / "timings.jsonl"
@@ -31,6 +32,7 @@ def test_tables_and_readme_block(tmp_path: Path, monkeypatch) -> None:
     assert "| Weakly supervised | PCAS | 45.00 | 40.00 | 40.00 | 80.0% |" in text  # 0.4 / 0.5 of the bound
     assert "| AST + TVP | – | – | – | – | 0.800 | 0.500 |" in text
     assert "| x-avss | `refine --no-cmc` | 12.5 | 900 |" in text
+    assert "| ring | 19.00 | 3.00 | -16.00 |" in text and "| drum | 50.00 | 60.00 | +10.00 |" in text  # CRF check
     data = json.loads((tmp_path / "results/x.json").read_text())
     assert data["table2"]["pcas"]["relative_to_supervised"] == 0.8
     readme = (tmp_path / "README.md").read_text()
