@@ -238,10 +238,10 @@ _contrast_command("refine", "CMPC (eq. 2) + CMCC (eq. 3): token-level audio-visu
 @app.command("pseudo-label")
 def pseudo_label(
     run: Optional[Path] = RunOpt,
-    split: Optional[str] = typer.Option(None, help="train | val | test (val first: it picks the threshold)"),
+    split: Optional[str] = typer.Option(None, help="train | val | test (val first: it picks the thresholds)"),
     weights: Optional[str] = typer.Option(None, help="visual weights ckpt/<name>.pt (config default: refine)"),
     listener: Optional[str] = typer.Option(None, help="listener ckpt/<name>.pt; '' = visual-only CAM baseline "
-                                                      "[config: tvp]"),
+                                                      "(config default: tvp)"),
     mode: Optional[str] = typer.Option(None, help="cam | similarity (audio-visual similarity baseline)"),
     out: Optional[str] = typer.Option(None, help="output folder under the run (config default: pseudo)"),
     device: Optional[str] = DeviceOpt,

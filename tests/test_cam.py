@@ -254,3 +254,16 @@ def test_pseudo_label_binary_and_allowed_mask():
     blocked = FrameMaps(fm.maps, fm.presence, torch.tensor([[False, True]]))
     _, masks = to_prediction(blocked, Thresholds(presence=0.4, background=0.3), "semantic")
     assert masks.tolist() == [[[0, 0, 2, 2]]]
+
+
+def test_pseudo_label_similarity_sharpening_exponent():
+    from pcas_cli.stages.pseudo_label import FrameMaps, Thresholds, to_prediction
+
+    fm = _frame_maps()
+    sim = torch.tensor([[1.0, 0.25, 1.0, 1.0]]).view(1, 1, 4)  # the audio points away from pixel 1
+    sharp = FrameMaps(fm.maps, fm.presence, fm.allowed, similarity=sim)
+    torch.testing.assert_close(sharp.sharpened(0.0), fm.maps)  # alpha 0 = plain CAMs
+    torch.testing.assert_close(sharp.sharpened(0.5)[0, 0, 0], torch.tensor([0.9, 0.3, 0.1, 0.0]))
+    _, plain = to_prediction(sharp, Thresholds(0.4, 0.3, 0.0), "semantic")
+    _, masks = to_prediction(sharp, Thresholds(0.4, 0.3, 1.0), "semantic")
+    assert plain.tolist() == [[[1, 1, 2, 2]]] and masks.tolist() == [[[1, 0, 2, 2]]]  # 0.6 * 0.25 < 0.3

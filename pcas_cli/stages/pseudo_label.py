@@ -6,13 +6,13 @@ For frame t of a clip:
    (The visual-only CAM baseline uses the visual classifier's probabilities instead and no audio.)
 2. Class maps: multi-scale + flip CAMs of the visual classifier (ToCo), per-class min-max normalised, absent classes
    zeroed, then sharpened by the audio-patch similarity cos(P_v(patch), P_a(a_t)) learned by CMC/CMPC:
-   cam_c * sim^alpha. The "similarity" mode (an EZ-VSL-like baseline) uses sim * p_t[c] as the class maps instead.
+   cam_c * sim^alpha (alpha = 0: plain CAMs; alpha is chosen on val with the thresholds, see below). The "similarity" mode (an EZ-VSL-like baseline) uses sim * p_t[c] as the class maps instead.
 3. Background where every class map is <= the background threshold; semantic mask = argmax. Soft scores are the
    softmax over [threshold, class maps] (ToCo's CRF unary); binary data sets keep [1 - fg, fg] with fg = 1 - p_bg.
 
-Two thresholds are chosen on val, jointly (a grid sweep scored against the val masks, the only use of ground truth
-here): the presence threshold (a class sounds in frame t when its probability exceeds it) and the background
-threshold. Both are recorded in val's artifact; other splits read them from there, so test never tunes on test.
+Three settings are chosen on val, jointly (a grid sweep scored against the val masks, the only use of ground truth
+here): the presence threshold (a class sounds in frame t when its probability exceeds it), the background threshold
+and the similarity exponent alpha. All are recorded in val's artifact; other splits read them from there, so test never tunes on test.
 The CAM baseline gets the same sweep over its visual presence probabilities, so the comparison is fair.
 """
 
@@ -49,7 +49,7 @@ class PseudoLabelConfig:
     presence_thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)  # swept on val: class c counts in frame t
     # when its probability (audio, or visual for the CAM baseline) exceeds the threshold
     train_use_labels: bool = True  # on train, also require the class to be in the clip's video labels
-    sim_alpha: float = 1.0  # exponent of the similarity sharpening (0 = plain CAMs)
+    sim_alphas: tuple[float, ...] = (0.0, 0.5, 1.0)  # swept on val: exponent of the similarity sharpening
     scales: tuple[float, ...] = (1.0, 0.5, 1.5)  # multi-scale CAM (ToCo)
     flip: bool = True  # merge each scale with its horizontal flip
     bg_thresholds: tuple[float, ...] = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)  # swept on val
@@ -60,13 +60,20 @@ class PseudoLabelConfig:
 class FrameMaps:
     """Class maps of one clip before thresholding."""
 
-    maps: Tensor  # (T, C, H, W) in [0, 1], before any class is removed
+    maps: Tensor  # (T, C, H, W) in [0, 1], before any class is removed (and before similarity sharpening)
     presence: Tensor  # (T, C) probabilities that class c sounds (or is visible, visual-only) in frame t
     allowed: Tensor  # (T, C) bool: valid frame and (train only, optionally) class in the video labels
+    similarity: Tensor | None = None  # (T, H, W) in [0, 1], audio-patch similarity (CAM mode with a listener)
 
     def present(self, threshold: float) -> Tensor:
         """(T, C) float {0, 1}: classes kept in each frame at this presence threshold."""
         return ((self.presence > threshold) & self.allowed).float()
+
+    def sharpened(self, alpha: float) -> Tensor:
+        """(T, C, H, W) class maps times similarity^alpha (unchanged when alpha = 0 or there is no similarity)."""
+        if self.similarity is None or alpha == 0:
+            return self.maps
+        return self.maps * self.similarity[:, None].clamp(min=0) ** alpha
 
 
 class MapMaker:
@@ -86,6 +93,8 @@ class MapMaker:
             self.cache = build_audio_cache(features, audio, prompt_visual, device, desc=f"listening ({cfg.split})")
         if cfg.mode == "similarity" and not (self.cache is not None and self.model.has_projections):
             raise PcasError("similarity mode needs a listener and weights with projection heads (align / refine)")
+        # CAM mode with a listener and projection heads can sharpen CAMs by the audio-patch similarity
+        self.sharpens = cfg.mode == "cam" and self.cache is not None and self.model.has_projections
 
     @torch.no_grad()
     def clip_maps(self, i: int) -> FrameMaps:
@@ -101,16 +110,11 @@ class MapMaker:
         allowed = torch.from_numpy(clip["frame_valid"]).bool().to(self.device)[:, None].expand_as(presence)
         if cfg.split == "train" and cfg.train_use_labels:
             allowed = allowed & torch.from_numpy(clip["labels"]).bool().to(self.device)[None]
-        sim = self.similarity(out, i, images.shape[-2:]) if self.cache is not None and self.model.has_projections \
-            else None
+        sim = self.similarity(out, i, images.shape[-2:]) if self.sharpens or cfg.mode == "similarity" else None
         if cfg.mode == "similarity":
-            maps = sim[:, None] * presence[:, :, None, None]  # (T, C, H, W)
-        else:
-            cams = multiscale_cam(lambda x: visual.cam(*_tokens(visual, x)), images, cfg.scales, cfg.flip)
-            maps = normalize_cam(cams)
-            if sim is not None and cfg.sim_alpha > 0:
-                maps = maps * sim[:, None].clamp(min=0) ** cfg.sim_alpha
-        return FrameMaps(maps, presence, allowed)
+            return FrameMaps(sim[:, None] * presence[:, :, None, None], presence, allowed)  # (T, C, H, W)
+        cams = multiscale_cam(lambda x: visual.cam(*_tokens(visual, x)), images, cfg.scales, cfg.flip)
+        return FrameMaps(normalize_cam(cams), presence, allowed, similarity=sim)
 
     def similarity(self, out: Any, i: int, size: tuple[int, int]) -> Tensor:
         """(T, H, W) per-frame min-max normalised cos(P_v(patch), P_a(a_t)), upsampled to the frame."""
@@ -133,12 +137,17 @@ def _tokens(visual: Any, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
 class Thresholds:
     presence: float  # class c counts in frame t when its probability exceeds this
     background: float  # background where every kept class map is <= this
+    sim_alpha: float = 0.0  # similarity sharpening exponent
+
+    @property
+    def key(self) -> str:
+        return f"{self.presence}/{self.background}/{self.sim_alpha}"
 
 
 def to_prediction(maps: FrameMaps, th: Thresholds, task: str) -> tuple[np.ndarray, np.ndarray]:
     """(T, K, H, W) float16 soft scores and (T, H, W) uint8 masks from class maps (see module docstring, step 3)."""
     present = maps.present(th.presence)  # (T, C)
-    scores = cam_to_scores(mask_absent(maps.maps, present), th.background)  # (T, C + 1, H, W), 0 = background
+    scores = cam_to_scores(mask_absent(maps.sharpened(th.sim_alpha), present), th.background)  # (T, C + 1, H, W), 0 = background
     probs = scores_to_probs(scores, class_presence=present)
     keep = torch.cat([torch.ones_like(present[:, :1]), present], 1).bool()  # (T, C + 1)
     masks = scores.masked_fill(~keep[:, :, None, None], -1.0).argmax(dim=1)  # ties -> background (first channel)
@@ -150,10 +159,11 @@ def to_prediction(maps: FrameMaps, th: Thresholds, task: str) -> tuple[np.ndarra
 
 
 def sweep_thresholds(maker: MapMaker, cfg: PseudoLabelConfig) -> tuple[Thresholds, dict[str, float]]:
-    """Choose (presence, background) thresholds with the best val mIoU (the task's official metric) on a grid;
-    returns the choice and every grid point's score ("presence/background" -> mIoU)."""
+    """Choose (presence, background, alpha) with the best val mIoU (the task's official metric) on a grid; returns
+    the choice and every grid point's score ("presence/background/alpha" -> mIoU)."""
     feats = maker.features
-    grid = [Thresholds(p, b) for p in cfg.presence_thresholds for b in cfg.bg_thresholds]
+    alphas = cfg.sim_alphas if maker.sharpens else (0.0,)
+    grid = [Thresholds(p, b, a) for p in cfg.presence_thresholds for b in cfg.bg_thresholds for a in alphas]
     if feats.task == "semantic":
         accs = {th: SemanticScores(len(feats.classes) + 1) for th in grid}
     else:
@@ -169,9 +179,9 @@ def sweep_thresholds(maker: MapMaker, cfg: PseudoLabelConfig) -> tuple[Threshold
                 acc.update(masks[keep], gt["masks"][keep])
             bar.advance(task)
     scores = {th: float(acc.result()["miou"]) for th, acc in accs.items()}
-    # Ties (flat regions of the grid) go to the thresholds nearest 0.5, the conventional default.
-    best = max(grid, key=lambda th: (scores[th], -abs(th.presence - 0.5) - abs(th.background - 0.5)))
-    return best, {f"{th.presence}/{th.background}": v for th, v in scores.items()}
+    # Ties (flat regions of the grid) go to thresholds nearest 0.5, the conventional default, then to less sharpening.
+    best = max(grid, key=lambda th: (scores[th], -abs(th.presence - 0.5) - abs(th.background - 0.5), -th.sim_alpha))
+    return best, {th.key: v for th, v in scores.items()}
 
 
 def thresholds_from_val(cfg: PseudoLabelConfig) -> tuple[Thresholds, str]:
@@ -180,10 +190,11 @@ def thresholds_from_val(cfg: PseudoLabelConfig) -> tuple[Thresholds, str]:
         raise PcasError(f"{val_path}: not found; run `pcas pseudo-label --split val` first (it chooses the "
                         "thresholds)")
     val = read_predictions(val_path)
-    if "presence_threshold" not in val.meta:
+    if "sim_alpha" not in val.meta:
         raise PcasError(f"{val_path}: made by an older pcas without a presence threshold; rerun "
                         "`pcas pseudo-label --split val`")
-    return Thresholds(float(val.meta["presence_threshold"]), float(val.meta["bg_threshold"])), val.artifact_id
+    m = val.meta
+    return Thresholds(float(m["presence_threshold"]), float(m["bg_threshold"]), float(m["sim_alpha"])), val.artifact_id
 
 
 def iter_rows(maker: MapMaker, th: Thresholds) -> Iterator[dict[str, Any]]:
@@ -203,12 +214,13 @@ def run(cfg: PseudoLabelConfig) -> Path:
     sweep: dict[str, float] = {}
     if cfg.split == "val":
         th, sweep = sweep_thresholds(maker, cfg)
-        CONSOLE.print(f"thresholds chosen on val: presence {th.presence}, background {th.background} "
-                      f"(val mIoU {sweep[f'{th.presence}/{th.background}']:.4f})")
+        CONSOLE.print(f"chosen on val: presence threshold {th.presence}, background threshold {th.background}, "
+                      f"similarity exponent {th.sim_alpha} (val mIoU {sweep[th.key]:.4f})")
     else:
         th, val_id = thresholds_from_val(cfg)
         inputs[f"{cfg.out}/val.h5"] = val_id
-    meta = {"presence_threshold": th.presence, "bg_threshold": th.background, "threshold_sweep_val_miou": sweep,
+    meta = {"presence_threshold": th.presence, "bg_threshold": th.background, "sim_alpha": th.sim_alpha,
+            "threshold_sweep_val_miou": sweep,
             "method": cfg.out}
     prov = make_provenance("pseudo-label", stage_config(cfg), None, inputs)
     return write_predictions(Path(cfg.run) / cfg.out / f"{cfg.split}.h5", feats, iter_rows(maker, th), meta, prov,
