@@ -144,18 +144,29 @@ class Thresholds:
         return f"{self.presence}/{self.background}/{self.sim_alpha}"
 
 
+def class_scores(maps: FrameMaps, th: Thresholds) -> tuple[Tensor, Tensor]:
+    """Kept classes (T, C) {0, 1} and scores (T, C + 1, H, W) = [background threshold, kept class maps]."""
+    present = maps.present(th.presence)  # (T, C)
+    return present, cam_to_scores(mask_absent(maps.sharpened(th.sim_alpha), present), th.background)
+
+
+def masks_from_scores(scores: Tensor, present: Tensor, task: str) -> np.ndarray:
+    """(T, H, W) uint8: argmax over background and the kept classes; ties -> background (the first channel)."""
+    keep = torch.cat([torch.ones_like(present[:, :1]), present], 1).bool()  # (T, C + 1)
+    masks = scores.masked_fill(~keep[:, :, None, None], -1.0).argmax(dim=1)
+    if task == "binary":
+        masks = masks > 0
+    return masks.cpu().numpy().astype(np.uint8)
+
+
 def to_prediction(maps: FrameMaps, th: Thresholds, task: str) -> tuple[np.ndarray, np.ndarray]:
     """(T, K, H, W) float16 soft scores and (T, H, W) uint8 masks from class maps (see module docstring, step 3)."""
-    present = maps.present(th.presence)  # (T, C)
-    scores = cam_to_scores(mask_absent(maps.sharpened(th.sim_alpha), present), th.background)  # (T, C + 1, H, W), 0 = background
+    present, scores = class_scores(maps, th)
     probs = scores_to_probs(scores, class_presence=present)
-    keep = torch.cat([torch.ones_like(present[:, :1]), present], 1).bool()  # (T, C + 1)
-    masks = scores.masked_fill(~keep[:, :, None, None], -1.0).argmax(dim=1)  # ties -> background (first channel)
     if task == "binary":
         fg = 1.0 - probs[:, 0]
         probs = torch.stack([1.0 - fg, fg], dim=1)
-        masks = (masks > 0).long()
-    return probs.cpu().numpy().astype(np.float16), masks.cpu().numpy().astype(np.uint8)
+    return probs.cpu().numpy().astype(np.float16), masks_from_scores(scores, present, task)
 
 
 def sweep_thresholds(maker: MapMaker, cfg: PseudoLabelConfig) -> tuple[Thresholds, dict[str, float]]:
@@ -175,7 +186,8 @@ def sweep_thresholds(maker: MapMaker, cfg: PseudoLabelConfig) -> tuple[Threshold
             gt = feats.clip(i, ("masks", "mask_valid"))
             keep = gt["mask_valid"]
             for th, acc in accs.items():
-                _, masks = to_prediction(maps, th, feats.task)
+                present, scores = class_scores(maps, th)  # masks only: the soft scores are not needed here
+                masks = masks_from_scores(scores, present, feats.task)
                 acc.update(masks[keep], gt["masks"][keep])
             bar.advance(task)
     scores = {th: float(acc.result()["miou"]) for th, acc in accs.items()}
