@@ -152,6 +152,42 @@ def crf_per_class_table(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
     return lines, data
 
 
+def listener_error_table(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
+    """PCAS test mIoU on the frames where the listener's sounding set (at the presence threshold chosen on val) is
+    exactly right vs wrong (AVSS layout): how much of the gap to full supervision is listening."""
+    from pcas_cli.artifacts import read_features, read_predictions
+    from pcas_cli.metrics import SemanticScores
+    from pcas_cli.stages._common import frame_classes_from_masks
+
+    run = cfg.runs / f"{cfg.prefix}-avss"
+    if not (run / "pseudo/test.h5").exists() or not (run / "features/test.h5").exists():
+        return [], {}
+    feats, pred = read_features(run / "features/test.h5"), read_predictions(run / "pseudo/test.h5")
+    if "presence_threshold" not in pred.meta:
+        return [], {}
+    k = len(feats.classes) + 1
+    groups = {"right": SemanticScores(k), "wrong": SemanticScores(k)}
+    counts = {"right": 0, "wrong": 0}
+    for i in range(len(feats)):
+        clip = feats.clip(i, ("masks", "mask_valid", "labels"))
+        truth = frame_classes_from_masks(clip["masks"], clip["mask_valid"], clip["labels"], feats.task).astype(bool)
+        heard = pred.read("frame_classes", i) > float(pred.meta["presence_threshold"])
+        masks = pred.read("masks", i)
+        for t in np.flatnonzero(clip["mask_valid"]):
+            g = "right" if np.array_equal(heard[t], truth[t]) else "wrong"
+            counts[g] += 1
+            groups[g].update(masks[t:t + 1], clip["masks"][t:t + 1])
+    lines = ["| listener's sounding set | frames | PCAS mIoU | PCAS mIoU (present classes) |", "|---|---|---|---|"]
+    data: dict[str, Any] = {}
+    for g, acc in groups.items():
+        if counts[g] == 0:
+            continue
+        r = acc.result()
+        data[g] = {"frames": counts[g], "miou": float(r["miou"]), "miou_present": float(r["miou_present"])}
+        lines.append(f"| {g} | {counts[g]} | {_pct(r['miou'])} | {_pct(r['miou_present'])} |")
+    return lines, data
+
+
 def timing_table(cfg: ReportConfig) -> tuple[list[str], list[dict[str, Any]]]:
     """Latest wall time and peak memory per (run, command) from the timings log."""
     if not cfg.timings.exists():
@@ -189,12 +225,16 @@ def _describe_argv(argv: list[str]) -> str:
     return " ".join(out)
 
 
-def write_examples(cfg: ReportConfig, out: Path, n_clips: int = 4) -> Path | None:
-    """A picture of test frames: frame | ground truth | CAM | PCAS | PCAS + CRF (AVSS-layout run)."""
+def write_examples(cfg: ReportConfig, out: Path, n_clips: int = 4, failures: bool = False) -> Path | None:
+    """A picture of test frames: frame | ground truth | CAM | PCAS | PCAS + CRF | supervised (AVSS-layout run).
+
+    Typical frames: the middle annotated frame of evenly spaced clips. Failures (`failures=True`): in evenly spaced
+    clips, the first annotated frame where the listener's sounding set is wrong."""
     from PIL import Image, ImageDraw
 
     from pcas_cli.artifacts import read_features, read_predictions
     from pcas_cli.datasets.palette import index_to_rgb
+    from pcas_cli.stages._common import frame_classes_from_masks
 
     run = cfg.runs / f"{cfg.prefix}-avss"
     sources = [("CAM", run / "baselines/cam/test.h5"), ("PCAS", run / "pseudo/test.h5"),
@@ -205,12 +245,28 @@ def write_examples(cfg: ReportConfig, out: Path, n_clips: int = 4) -> Path | Non
         return None
     feats = read_features(feats_path)
     preds = [(n, read_predictions(p)) for n, p in sources]
+    pcas = dict(preds).get("PCAS")
+    if failures and (pcas is None or "presence_threshold" not in pcas.meta):
+        return None
+    picks: list[tuple[int, int]] = []
+    for i in range(len(feats)):
+        clip = feats.clip(i, ("masks", "mask_valid", "labels"))
+        annotated = np.flatnonzero(clip["mask_valid"])
+        if failures:
+            truth = frame_classes_from_masks(clip["masks"], clip["mask_valid"], clip["labels"], feats.task)
+            heard = pcas.read("frame_classes", i) > float(pcas.meta["presence_threshold"])
+            wrong = [t for t in annotated if not np.array_equal(heard[t], truth[t].astype(bool))]
+            if wrong:
+                picks.append((i, int(wrong[0])))
+        elif len(annotated):
+            picks.append((i, int(annotated[len(annotated) // 2])))
+    if not picks:
+        return None
+    picks = picks[::max(1, len(picks) // n_clips)][:n_clips]
     tiles: list[list[np.ndarray]] = []
     header = ["frame", "ground truth"] + [n for n, _ in preds]
-    step = max(1, len(feats) // n_clips)
-    for i in range(0, min(len(feats), step * n_clips), step):
-        clip = feats.clip(i, ("frames", "masks", "mask_valid"))
-        t = int(np.flatnonzero(clip["mask_valid"])[len(np.flatnonzero(clip["mask_valid"])) // 2])
+    for i, t in picks:
+        clip = feats.clip(i, ("frames", "masks"))
         frame = clip["frames"][t]
         row = [frame, _overlay(frame, index_to_rgb(clip["masks"][t]), clip["masks"][t] > 0)]
         for _, p in preds:
@@ -228,7 +284,7 @@ def write_examples(cfg: ReportConfig, out: Path, n_clips: int = 4) -> Path | Non
     for r, row in enumerate(tiles):
         for c, tile in enumerate(row):
             canvas.paste(Image.fromarray(tile), (pad + c * (w + pad), top + r * (h + pad)))
-    path = out / f"{cfg.prefix}-examples.png"
+    path = out / f"{cfg.prefix}-{'failures' if failures else 'examples'}.png"
     tmp = path.with_name(path.name + ".tmp.png")
     canvas.save(tmp)
     os.replace(tmp, path)
@@ -253,6 +309,8 @@ def run(cfg: ReportConfig) -> Path:
          "table3"),
         ("Table 4 analog: module ablations on the AVSS-layout data (test split, pseudo-labels before CRF, x100)",
          table4, "table4"),
+        ("Error analysis: PCAS on AVSS-layout test frames where the listener hears exactly the right classes, or not "
+         "(x100)", listener_error_table, "listener_errors"),
         ("PCAS per-class IoU before and after the dense CRF (AVSS-layout test split, x100)", crf_per_class_table,
          "crf_per_class"),
         ("Time and peak memory per stage (latest run of each command)", timing_table, "timings"),
@@ -261,9 +319,11 @@ def run(cfg: ReportConfig) -> Path:
         data[key] = values
         if lines:
             sections.append(f"#### {title}\n\n" + "\n".join(lines))
-    picture = write_examples(cfg, out)
-    if picture is not None:
-        sections.append(f"#### Typical test frames (AVSS-layout test split)\n\n![examples]({{img}}{picture.name})")
+    for failures, title in ((False, "Typical test frames (AVSS-layout test split)"),
+                            (True, "Failures: test frames where the listener hears the wrong set of classes")):
+        picture = write_examples(cfg, out, failures=failures)
+        if picture is not None:
+            sections.append(f"#### {title}\n\n![{picture.stem}]({{img}}{picture.name})")
     body = f"Measured {data['machine']}.\n\n" + "\n\n".join(sections) + "\n"
     md = write_text(out / f"{cfg.prefix}.md", f"# Results: {cfg.prefix} runs\n\n{body.replace('{img}', '')}")
     write_json(out / f"{cfg.prefix}.json", data)
