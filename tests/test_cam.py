@@ -267,3 +267,19 @@ def test_pseudo_label_similarity_sharpening_exponent():
     _, plain = to_prediction(sharp, Thresholds(0.4, 0.3, 0.0), "semantic")
     _, masks = to_prediction(sharp, Thresholds(0.4, 0.3, 1.0), "semantic")
     assert plain.tolist() == [[[1, 1, 2, 2]]] and masks.tolist() == [[[1, 0, 2, 2]]]  # 0.6 * 0.25 < 0.3
+
+
+def test_pseudo_label_binary_soft_scores_agree_with_mask_for_several_sources():
+    from pcas_cli.stages.pseudo_label import FrameMaps, Thresholds, to_prediction
+
+    # Three heard classes, each active on one pixel; pixel 3 is background for all of them.
+    maps = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]).view(1, 3, 1, 4)
+    fm = FrameMaps(maps, torch.ones(1, 3), torch.ones(1, 3, dtype=torch.bool))
+    scores, masks = to_prediction(fm, Thresholds(presence=0.5, background=0.5), "binary")
+    assert masks.tolist() == [[[1, 1, 1, 0]]]
+    fg = scores[0, 1, 0].astype("float32")
+    assert (fg[:3] > 0.5).all() and fg[3] < 0.5  # 1 - p_bg would give pixel 3 e.g. 3 / (e^0.5 + 3) = 0.65
+    # nothing heard: foreground probability exactly 0
+    silent = FrameMaps(maps, torch.zeros(1, 3), torch.ones(1, 3, dtype=torch.bool))
+    scores, masks = to_prediction(silent, Thresholds(presence=0.5, background=0.5), "binary")
+    assert masks.sum() == 0 and float(scores[0, 1].max()) == 0.0

@@ -162,11 +162,15 @@ def masks_from_scores(scores: Tensor, present: Tensor, task: str) -> np.ndarray:
 def to_prediction(maps: FrameMaps, th: Thresholds, task: str) -> tuple[np.ndarray, np.ndarray]:
     """(T, K, H, W) float16 soft scores and (T, H, W) uint8 masks from class maps (see module docstring, step 3)."""
     present, scores = class_scores(maps, th)
-    probs = scores_to_probs(scores, class_presence=present)
     if task == "binary":
-        fg = 1.0 - probs[:, 0]
-        probs = torch.stack([1.0 - fg, fg], dim=1)
-    return probs.cpu().numpy().astype(np.float16), masks_from_scores(scores, present, task)
+        # Foreground score = the strongest kept class map, so the soft scores agree with the mask (foreground iff
+        # it beats the threshold). Summing class probabilities instead (1 - p_bg) would call every background pixel
+        # of a multi-source frame foreground: with 3 kept classes near 0 there, p_bg = e^t / (e^t + 3) < 0.5.
+        fg = scores[:, 1:].masked_fill(present[:, :, None, None] == 0, float("-inf")).amax(dim=1, keepdim=True)
+        scores = torch.cat([scores[:, :1], fg], dim=1)  # (T, 2, H, W); -inf where no class is kept
+        present = present.amax(dim=1, keepdim=True)  # (T, 1): does anything sound
+    probs = scores_to_probs(scores.clamp(min=-1.0), class_presence=present)
+    return probs.cpu().numpy().astype(np.float16), masks_from_scores(scores, present, "semantic")
 
 
 def sweep_thresholds(maker: MapMaker, cfg: PseudoLabelConfig) -> tuple[Thresholds, dict[str, float]]:
