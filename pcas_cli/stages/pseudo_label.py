@@ -6,14 +6,16 @@ For frame t of a clip:
    (The visual-only CAM baseline uses the visual classifier's probabilities instead and no audio.)
 2. Class maps: multi-scale + flip CAMs of the visual classifier (ToCo), per-class min-max normalised, absent classes
    zeroed, then sharpened by the audio-patch similarity cos(P_v(patch), P_a(a_t)) learned by CMC/CMPC:
-   cam_c * sim^alpha (alpha = 0: plain CAMs; alpha is chosen on val with the thresholds, see below). The "similarity" mode (an EZ-VSL-like baseline) uses sim * p_t[c] as the class maps instead.
+   cam_c * sim^alpha (alpha = 0: plain CAMs; alpha is chosen on val with the thresholds, see below). The
+   "similarity" mode (an EZ-VSL-like baseline) uses sim * p_t[c] as the class maps instead.
 3. Background where every class map is <= the background threshold; semantic mask = argmax. Soft scores are the
-   softmax over [threshold, class maps] (ToCo's CRF unary); binary data sets keep [1 - fg, fg] with fg = 1 - p_bg.
+   softmax over [threshold, class maps] (ToCo's CRF unary); binary data sets use the softmax over
+   [threshold, strongest class map], which agrees with the binary mask.
 
 Three settings are chosen on val, jointly (a grid sweep scored against the val masks, the only use of ground truth
 here): the presence threshold (a class sounds in frame t when its probability exceeds it), the background threshold
-and the similarity exponent alpha. All are recorded in val's artifact; other splits read them from there, so test never tunes on test.
-The CAM baseline gets the same sweep over its visual presence probabilities, so the comparison is fair.
+and the similarity exponent alpha. All are recorded in val's artifact; other splits read them from there, so test
+never tunes on test. The CAM baseline gets the same sweep over its visual presence probabilities, so the comparison is fair.
 """
 
 from __future__ import annotations
@@ -207,7 +209,7 @@ def thresholds_from_val(cfg: PseudoLabelConfig) -> tuple[Thresholds, str]:
                         "thresholds)")
     val = read_predictions(val_path)
     if "sim_alpha" not in val.meta:
-        raise PcasError(f"{val_path}: made by an older pcas without a presence threshold; rerun "
+        raise PcasError(f"{val_path}: made by an older pcas without the thresholds chosen on val; rerun "
                         "`pcas pseudo-label --split val`")
     m = val.meta
     return Thresholds(float(m["presence_threshold"]), float(m["bg_threshold"]), float(m["sim_alpha"])), val.artifact_id
@@ -236,8 +238,7 @@ def run(cfg: PseudoLabelConfig) -> Path:
         th, val_id = thresholds_from_val(cfg)
         inputs[f"{cfg.out}/val.h5"] = val_id
     meta = {"presence_threshold": th.presence, "bg_threshold": th.background, "sim_alpha": th.sim_alpha,
-            "threshold_sweep_val_miou": sweep,
-            "method": cfg.out}
+            "threshold_sweep_val_miou": sweep, "method": cfg.out}
     prov = make_provenance("pseudo-label", stage_config(cfg), None, inputs)
     return write_predictions(Path(cfg.run) / cfg.out / f"{cfg.split}.h5", feats, iter_rows(maker, th), meta, prov,
                              f"{cfg.out} {cfg.split}")

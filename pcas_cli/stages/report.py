@@ -152,12 +152,22 @@ def crf_per_class_table(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
     return lines, data
 
 
+def listener_hears_right(feats: Any, pcas: Any, i: int) -> np.ndarray:
+    """(T,) bool for clip i: the listener's sounding set (presence threshold chosen on val, stored in the PCAS
+    predictions) equals the ground-truth set of frame t. Scoring only."""
+    from pcas_cli.stages._common import frame_classes_from_masks
+
+    clip = feats.clip(i, ("masks", "mask_valid", "labels"))
+    truth = frame_classes_from_masks(clip["masks"], clip["mask_valid"], clip["labels"], feats.task).astype(bool)
+    heard = pcas.read("frame_classes", i) > float(pcas.meta["presence_threshold"])
+    return (heard == truth).all(axis=1)
+
+
 def listener_error_table(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
     """PCAS test mIoU on the frames where the listener's sounding set (at the presence threshold chosen on val) is
     exactly right vs wrong (AVSS layout): how much of the gap to full supervision is listening."""
     from pcas_cli.artifacts import read_features, read_predictions
     from pcas_cli.metrics import SemanticScores
-    from pcas_cli.stages._common import frame_classes_from_masks
 
     run = cfg.runs / f"{cfg.prefix}-avss"
     if not (run / "pseudo/test.h5").exists() or not (run / "features/test.h5").exists():
@@ -169,12 +179,11 @@ def listener_error_table(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
     groups = {"right": SemanticScores(k), "wrong": SemanticScores(k)}
     counts = {"right": 0, "wrong": 0}
     for i in range(len(feats)):
-        clip = feats.clip(i, ("masks", "mask_valid", "labels"))
-        truth = frame_classes_from_masks(clip["masks"], clip["mask_valid"], clip["labels"], feats.task).astype(bool)
-        heard = pred.read("frame_classes", i) > float(pred.meta["presence_threshold"])
+        clip = feats.clip(i, ("masks", "mask_valid"))
+        right = listener_hears_right(feats, pred, i)
         masks = pred.read("masks", i)
         for t in np.flatnonzero(clip["mask_valid"]):
-            g = "right" if np.array_equal(heard[t], truth[t]) else "wrong"
+            g = "right" if right[t] else "wrong"
             counts[g] += 1
             groups[g].update(masks[t:t + 1], clip["masks"][t:t + 1])
     lines = ["| listener's sounding set | frames | PCAS mIoU | PCAS mIoU (present classes) |", "|---|---|---|---|"]
@@ -234,7 +243,6 @@ def write_examples(cfg: ReportConfig, out: Path, n_clips: int = 4, failures: boo
 
     from pcas_cli.artifacts import read_features, read_predictions
     from pcas_cli.datasets.palette import index_to_rgb
-    from pcas_cli.stages._common import frame_classes_from_masks
 
     run = cfg.runs / f"{cfg.prefix}-avss"
     sources = [("CAM", run / "baselines/cam/test.h5"), ("PCAS", run / "pseudo/test.h5"),
@@ -250,13 +258,10 @@ def write_examples(cfg: ReportConfig, out: Path, n_clips: int = 4, failures: boo
         return None
     picks: list[tuple[int, int]] = []
     for i in range(len(feats)):
-        clip = feats.clip(i, ("masks", "mask_valid", "labels"))
-        annotated = np.flatnonzero(clip["mask_valid"])
+        annotated = np.flatnonzero(feats.read("mask_valid", i))
         if failures:
-            truth = frame_classes_from_masks(clip["masks"], clip["mask_valid"], clip["labels"], feats.task)
-            heard = pcas.read("frame_classes", i) > float(pcas.meta["presence_threshold"])
-            wrong = [t for t in annotated if not np.array_equal(heard[t], truth[t].astype(bool))]
-            if wrong:
+            wrong = annotated[~listener_hears_right(feats, pcas, i)[annotated]]
+            if len(wrong):
                 picks.append((i, int(wrong[0])))
         elif len(annotated):
             picks.append((i, int(annotated[len(annotated) // 2])))

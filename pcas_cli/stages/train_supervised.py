@@ -26,12 +26,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pcas_cli.artifacts import ArtifactReader
+from pcas_cli.config import to_dict
 from pcas_cli.console import CONSOLE
 from pcas_cli.losses import IGNORE, segmentation_loss
 from pcas_cli.metrics import BinaryMIoU, SemanticScores
 from pcas_cli.provenance import make_provenance
 from pcas_cli.seed import seed_everything
-from pcas_cli.config import to_dict
 from pcas_cli.stages._common import (AudioModelConfig, VisualModelConfig, base_spec, build_audio, build_visual,
                                      feature_key, features_path, frames_to_tensor, open_features, resolve_device,
                                      run_paths, stage_config)
