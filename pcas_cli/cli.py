@@ -82,6 +82,7 @@ STAGE_CONFIGS: dict[str, tuple[str, str]] = {
     "eval": ("stages.evaluate", "EvalConfig"),
     "baseline": ("stages.baseline", "BaselineConfig"),
     "train-supervised": ("stages.train_supervised", "TrainSupervisedConfig"),
+    "train-seg": ("stages.train_seg", "TrainSegConfig"),
 }
 
 RunOpt = typer.Option(None, "--run", "--run-dir", help="run folder (config default: data/runs/synth-avss)")
@@ -306,6 +307,23 @@ def train_supervised(
 ) -> None:
     """FULLY SUPERVISED upper bound: same backbone + FPN decoder on ground-truth train masks -> supervised/*.h5."""
     _call("train-supervised", config, preset, set_, run=run, model__backbone=backbone, model__weights=weights,
+          optim__epochs=epochs, optim__seed=seed, device=device, resume=resume)
+
+
+@app.command("train-seg")
+def train_seg(
+    run: Optional[Path] = RunOpt,
+    labels: Optional[str] = typer.Option(None, help="train pseudo-labels: <run>/<labels>/train.h5 (config default: "
+                                                    "crf)"),
+    backbone: Optional[str] = typer.Option(None, help="visual backbone, as train-visual (config default: "
+                                                      "vit_tiny_p8)"),
+    weights: Optional[str] = typer.Option(None, help="local timm-compatible weights file to start from"),
+    epochs: Optional[int] = EpochsOpt, seed: Optional[int] = SeedOpt, device: Optional[str] = DeviceOpt,
+    resume: Optional[bool] = ResumeOpt,
+    config: Optional[Path] = ConfigOpt, preset: Optional[str] = PresetOpt, set_: Optional[List[str]] = SetOpt,
+) -> None:
+    """Final segmentation network on the train split's PCAS pseudo-labels (upper bound's recipe) -> seg/*.h5."""
+    _call("train-seg", config, preset, set_, run=run, labels=labels, model__backbone=backbone, model__weights=weights,
           optim__epochs=epochs, optim__seed=seed, device=device, resume=resume)
 
 

@@ -51,9 +51,14 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pcas("crf", "--features", str(run / "features/test.h5"), "--predictions", str(run / "pseudo/test.h5"),
          "--out", str(run / "crf/test.h5"), "--workers", "1")
     pcas("train-supervised", *r, *TINY_VISUAL, *TINY_OPTIM)
+    # final segmentation network on the train split's refined pseudo-labels
+    pcas("pseudo-label", *quick, "--split", "train")
+    pcas("crf", "--features", str(run / "features/train.h5"), "--predictions", str(run / "pseudo/train.h5"),
+         "--out", str(run / "crf/train.h5"), "--workers", "1")
+    pcas("train-seg", *r, *TINY_VISUAL, *TINY_OPTIM)
     pcas("baseline", "--run", str(run), "--kind", "visible")
     for name, pred in (("pcas", "crf/test.h5"), ("cam", "baselines/cam/test.h5"), ("supervised", "supervised/test.h5"),
-                       ("visible", "baselines/visible/test.h5")):
+                       ("visible", "baselines/visible/test.h5"), ("seg", "seg/test.h5")):
         pcas("eval", "--features", str(run / "features/test.h5"), "--predictions", str(run / pred),
              "--out", str(run / f"metrics/{name}.json"), "--name", name)
     return run
@@ -61,9 +66,10 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_every_stage_writes_its_artifact(run_dir: Path) -> None:
     for rel in ("ckpt/visual.pt", "ckpt/tvp.pt", "ckpt/ast.pt", "ckpt/align.pt", "ckpt/refine.pt",
-                "ckpt/supervised.pt", "pseudo/val.h5", "pseudo/test.h5", "crf/test.h5", "metrics/audio-tvp.json"):
+                "ckpt/supervised.pt", "pseudo/val.h5", "pseudo/test.h5", "crf/test.h5", "metrics/audio-tvp.json",
+                "pseudo/train.h5", "crf/train.h5", "ckpt/seg.pt", "seg/val.h5", "seg/test.h5"):
         assert (run_dir / rel).exists(), rel
-    for name in ("pcas", "cam", "supervised", "visible"):
+    for name in ("pcas", "cam", "supervised", "visible", "seg"):
         m = json.loads((run_dir / f"metrics/{name}.json").read_text())
         assert 0.0 <= m["miou"] <= 1.0 and 0.0 <= m["fscore"] <= 1.0
     # The oracle "every visible object" baseline marks every sounding object, so it has perfect recall: its
@@ -122,6 +128,26 @@ def test_stale_inputs_are_refused(run_dir: Path, tmp_path: Path) -> None:
     _rewrite_features(run2 / "features/train.h5", shift)  # train features changed after visual.pt was made
     with pytest.raises(PcasError, match="stale input"):
         pcas("train-tvp", "--run", str(run2), "--epochs", "1", "--device", "cpu")
+
+
+def test_train_seg_refuses_missing_wrong_or_stale_pseudo_labels(run_dir: Path, tmp_path: Path) -> None:
+    from pcas_cli.training.checkpoint import load_checkpoint
+
+    seg = load_checkpoint(run_dir / "ckpt/seg.pt")
+    assert seg["provenance"]["stage"] == "train-seg"
+    assert seg["provenance"]["inputs"]["crf/train.h5"] == read_predictions(run_dir / "crf/train.h5").artifact_id
+    run2 = tmp_path / "run"
+    shutil.copytree(run_dir, run2)
+    args = ("train-seg", "--run", str(run2), "--epochs", "1", "--device", "cpu", *TINY_VISUAL)
+    _rewrite_features(run2 / "features/train.h5", lambda clip: {**clip, "frames": 255 - clip["frames"]})
+    with pytest.raises(PcasError, match="stale input"):
+        pcas(*args)  # crf/train.h5 was made from the old train features
+    shutil.copy(run2 / "crf/test.h5", run2 / "crf/train.h5")
+    with pytest.raises(PcasError, match="holds the 'test' split"):
+        pcas(*args)
+    (run2 / "crf/train.h5").unlink()
+    with pytest.raises(PcasError, match="not found"):
+        pcas(*args)
 
 
 def test_same_seed_same_weights(run_dir: Path, tmp_path: Path) -> None:

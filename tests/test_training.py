@@ -326,6 +326,32 @@ def test_flip_moves_frames_and_masks_together(features):
     assert torch.equal(item["mask"], torch.from_numpy(raw["masks"][0]).long().flip(-1))
 
 
+def _pseudo_labels(path, clip_ids):
+    """A predictions artifact over `clip_ids` whose masks are 10 * clip + frame everywhere (unlike any GT mask)."""
+    dims = {"T": 3, "K": 3, "H": 8, "W": 8, "A": 2}
+    with ArtifactWriter(path, "predictions", dims, {"classes": ["a", "b"], "task": "semantic"}, {"stage": "x"}) as w:
+        for i, cid in enumerate(clip_ids):
+            masks = (10 * i + np.arange(3, dtype=np.uint8))[:, None, None] * np.ones((3, 8, 8), np.uint8)
+            w.append(clip_id=cid, scores=np.zeros((3, 3, 8, 8), np.float16), masks=masks,
+                     frame_classes=np.zeros((3, 2), np.float32))
+    return path
+
+
+def test_frame_dataset_serves_pseudo_labels_instead_of_ground_truth(features, tmp_path):
+    pseudo = _pseudo_labels(tmp_path / "pseudo.h5", ["c0", "c1", "c2"])
+    ds = FrameDataset(features, fields=("frames", "fbank"), augment=AugmentConfig(hflip=1.0), with_masks=True,
+                      masks_from=pseudo)
+    assert "masks" not in ds.fields and "mask_valid" not in ds.fields  # the ground truth is never read
+    for k in range(len(ds)):
+        item = ds[k]
+        clip, t = item["clip_index"], item["frame_index"]
+        assert item["mask"].dtype == torch.int64 and item["mask"].shape == (8, 8)
+        assert torch.all(item["mask"] == 10 * clip + t)
+        assert bool(item["mask_valid"])  # every valid frame has a pseudo-label (GT frame 1 has none)
+    with pytest.raises(PcasError, match="not those of"):
+        FrameDataset(features, with_masks=True, masks_from=_pseudo_labels(tmp_path / "other.h5", ["c0", "x", "c2"]))
+
+
 def test_clip_augmentation_is_seeded_and_shared_by_all_frames(tmp_path):
     path = tmp_path / "same.h5"
     with ArtifactWriter(path, "features", DIMS, {"classes": ["a", "b"], "task": "semantic"}, {}) as w:

@@ -26,7 +26,7 @@ README_END = "<!-- results:end -->"
 
 TABLE1_ROWS = [("background", "all background"), ("visible", "every visible object (oracle, no audio)"),
                ("cam", "CAM (visual only)"), ("similarity", "AV similarity (EZ-VSL-like)"), ("pcas", "PCAS"),
-               ("pcas-crf", "PCAS + CRF")]
+               ("pcas-crf", "PCAS + CRF"), ("seg", "PCAS + CRF + segmentation network (train-seg)")]
 ABLATION_ROWS = [("none", (0, 0, 0)), ("cmc", (1, 0, 0)), ("cmpc", (0, 1, 0)), ("cmcc", (0, 0, 1)),
                  ("cmpc-cmcc", (0, 1, 1)), ("cmc-cmpc", (1, 1, 0)), ("cmc-cmcc", (1, 0, 1)), ("all", (1, 1, 1))]
 

@@ -90,12 +90,14 @@ def sounding_targets(masks: Tensor, num_outputs: int) -> Tensor:
 class SupervisedTask(TrainTask):
     select_metric = "miou"
 
-    def __init__(self, cfg: TrainSupervisedConfig, model: SupervisedModel, val: ArtifactReader) -> None:
-        self.cfg, self.model, self.val = cfg, model, val
+    def __init__(self, cfg: TrainSupervisedConfig, model: SupervisedModel, val: ArtifactReader,
+                 masks_from: Path | None = None) -> None:
+        self.cfg, self.model, self.val, self.masks_from = cfg, model, val, masks_from
 
     def train_dataset(self) -> FrameDataset:
+        # masks_from: pseudo-labels (train-seg) instead of the ground-truth masks (upper bound)
         return FrameDataset(features_path(self.cfg.run, "train"), fields=("frames", "fbank"), augment=self.cfg.augment,
-                            with_masks=True)
+                            with_masks=True, masks_from=self.masks_from)
 
     def loss_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
         valid = batch["mask_valid"].bool()  # (B,)
@@ -141,25 +143,32 @@ def prediction_rows(model: nn.Module, feats: ArtifactReader, device: torch.devic
                "masks": probs.argmax(dim=1).cpu().numpy().astype(np.uint8), "frame_classes": sounding}
 
 
-def run(cfg: TrainSupervisedConfig) -> Path:
+def fit_and_predict(cfg: TrainSupervisedConfig, stage: str, name: str, method: str,
+                    masks_from: Path | None = None, extra_inputs: dict[str, str] | None = None) -> Path:
+    """Train the audio-gated FPN segmenter on the train split's masks (ground truth, or `masks_from`), keep the best
+    epoch by val mIoU, and predict val and test into <run>/<cfg.out>/. Returns the best checkpoint ckpt/<name>.pt."""
     seed_everything(cfg.optim.seed)  # before building the model: same seed, same initial weights
     device = resolve_device(cfg.device)
     train, val, test = (open_features(cfg.run, s) for s in ("train", "val", "test"))
     spec = {**base_spec(train, cfg.model), "audio": to_dict(cfg.audio)}
     num_outputs = len(prediction_classes(train)) + 1
     model = SupervisedModel(spec, num_outputs, cfg.decoder_width)
-    inputs = {feature_key("train"): train.artifact_id, feature_key("val"): val.artifact_id}
-    prov = make_provenance("train-supervised", stage_config(cfg), cfg.optim.seed, inputs)
+    inputs = {feature_key("train"): train.artifact_id, feature_key("val"): val.artifact_id, **(extra_inputs or {})}
+    prov = make_provenance(stage, stage_config(cfg), cfg.optim.seed, inputs)
     prov["model_spec"] = {**spec, "num_outputs": num_outputs, "decoder_width": cfg.decoder_width}
-    result = fit(SupervisedTask(cfg, model, val), cfg.optim, run_paths(cfg.run)["ckpt"], "supervised", prov,
+    result = fit(SupervisedTask(cfg, model, val, masks_from), cfg.optim, run_paths(cfg.run)["ckpt"], name, prov,
                  resume=cfg.resume, device=cfg.device)
-    ckpt = load_checkpoint(result.best_path, expect_stage="train-supervised", expect_kind="artifact")
+    ckpt = load_checkpoint(result.best_path, expect_stage=stage, expect_kind="artifact")
     model.load_state_dict(ckpt["model"])
     model = model.to(device).eval()
     for feats, split in ((val, "val"), (test, "test")):
-        pprov = make_provenance("train-supervised", stage_config(cfg), cfg.optim.seed,
-                                {feature_key(split): feats.artifact_id, "ckpt/supervised.pt": ckpt["artifact_id"]})
+        pprov = make_provenance(stage, stage_config(cfg), cfg.optim.seed,
+                                {feature_key(split): feats.artifact_id, f"ckpt/{name}.pt": ckpt["artifact_id"]})
         write_predictions(Path(cfg.run) / cfg.out / f"{split}.h5", feats, prediction_rows(model, feats, device),
-                          {"method": "fully supervised (upper bound)"}, pprov, f"supervised {split}")
+                          {"method": method}, pprov, f"{cfg.out} {split}")
     CONSOLE.print(f"[green]wrote[/green] {result.best_path}")
     return result.best_path
+
+
+def run(cfg: TrainSupervisedConfig) -> Path:
+    return fit_and_predict(cfg, "train-supervised", "supervised", "fully supervised (upper bound)")

@@ -1,7 +1,8 @@
 """Torch datasets over a `features` artifact, read one clip per item, with seeded augmentations.
 
 Weak supervision (DESIGN.md, "What each stage may see"): training datasets return frames, fbank, video-level labels
-and validity flags, and NEVER per-frame masks; only the fully supervised upper bound passes `with_masks=True`. The
+and validity flags, and NEVER per-frame masks; only the fully supervised upper bound passes `with_masks=True`
+(`pcas train-seg` passes `masks_from=`: masks from a predictions artifact, i.e. pseudo-labels, not ground truth). The
 `visible` maps exist for a reference baseline and are never served here.
 
 Tensors per item (T = seconds, one frame per second):
@@ -24,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from pcas_cli.artifacts import FEATURES, read_features
+from pcas_cli.artifacts import FEATURES, read_features, read_predictions
+from pcas_cli.errors import PcasError
 
 WEAK_FIELDS = ("clip_id", "subset", "frames", "fbank", "labels", "frame_valid")
 MASK_FIELDS = ("masks", "mask_valid")  # per-frame ground truth: scoring and the supervised upper bound only
@@ -215,14 +217,25 @@ class FrameDataset(Dataset):
         fields: which of ("frames", "fbank", "labels", "clip_id", "subset") to return; "frames" gives `image`.
         augment: per-image crop/flip and per-second SpecAugment; None = none.
         with_masks: see ClipDataset.
+        masks_from: a predictions artifact of the same clips (e.g. the train split's refined pseudo-labels) whose
+            masks are served instead of the ground truth, which is then never read; every valid frame has one
+            (`mask_valid` True). Used by `pcas train-seg`; implies masks are served.
     """
 
     def __init__(self, path: Path | str, fields: tuple[str, ...] = ("frames", "labels"),
-                 augment: AugmentConfig | None = None, with_masks: bool = False) -> None:
+                 augment: AugmentConfig | None = None, with_masks: bool = False,
+                 masks_from: Path | str | None = None) -> None:
         if "frame_valid" in fields:
             raise ValueError("FrameDataset serves valid frames only; 'frame_valid' is not a per-frame field")
         self.fields = _check_fields(tuple(fields), with_masks)
         self.reader = read_features(path)
+        self.mask_reader = None
+        if masks_from is not None:
+            self.fields = tuple(f for f in self.fields if f not in MASK_FIELDS)  # ground truth is never read
+            self.mask_reader = read_predictions(masks_from)
+            if self.mask_reader.clip_ids() != self.reader.clip_ids():
+                raise PcasError(f"{masks_from}: its clips are not those of {path} (made from another split or "
+                                "data set?)")
         self.augment = augment or AugmentConfig()
         valid = np.asarray(self.reader.read("frame_valid", slice(None)), dtype=bool)  # (N, T)
         self.pairs = np.argwhere(valid).astype(np.int32)  # (P, 2): (clip, frame), clip-major order
@@ -245,6 +258,9 @@ class FrameDataset(Dataset):
             value = self.reader.read(name, clip)
             per_clip = name in ("labels", "clip_id", "subset")
             item[name] = _as_tensor(name, value if per_clip else value[t])  # per-frame fields: frame t only
+        if self.mask_reader is not None:
+            item["masks"] = _as_tensor("masks", self.mask_reader.read("masks", clip)[t])
+            item["mask_valid"] = torch.tensor(True)
         if "frames" in item:
             image = item.pop("frames")  # (3, H, W)
             masks = item.pop("masks")[None] if "masks" in item else None  # (1, H, W)
