@@ -40,3 +40,7 @@ def test_tables_and_readme_block(tmp_path: Path, monkeypatch) -> None:
     run(ReportConfig(runs=runs, out=tmp_path / "results", prefix="synth", timings=timings))
     readme = (tmp_path / "README.md").read_text()
     assert "old" not in readme and readme.startswith("intro\n") and readme.endswith("outro\n")
+    (tmp_path / "README.md").write_text("a\n<!-- results-x:start -->\nstale\n<!-- results-x:end -->\nb\n")
+    run(ReportConfig(runs=runs, out=tmp_path / "results", prefix="x", timings=timings))
+    readme = (tmp_path / "README.md").read_text()
+    assert "stale" not in readme and "| PCAS | 60.00 | 50.00 | – | – |" in readme and readme.endswith("b\n")

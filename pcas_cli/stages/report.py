@@ -37,7 +37,7 @@ class ReportConfig:
     out: Path = Path("results")  # where tables, JSON and pictures go
     prefix: str = "synth"  # run family: <prefix>-s4, <prefix>-ms3, <prefix>-avss
     timings: Path = Path("data/timings.jsonl")  # per-command wall time / peak memory log (Makefile sets it)
-    update_readme: bool = True  # refresh README.md's results block (prefix "synth" only)
+    update_readme: bool = True  # refresh README.md's block for this prefix (see readme_markers), if it has one
 
 
 def _load(path: Path) -> dict[str, Any] | None:
@@ -332,17 +332,26 @@ def run(cfg: ReportConfig) -> Path:
     body = f"Measured {data['machine']}.\n\n" + "\n\n".join(sections) + "\n"
     md = write_text(out / f"{cfg.prefix}.md", f"# Results: {cfg.prefix} runs\n\n{body.replace('{img}', '')}")
     write_json(out / f"{cfg.prefix}.json", data)
-    if cfg.update_readme and cfg.prefix == "synth":
-        update_readme(Path("README.md"), body.replace("{img}", f"{out.as_posix()}/"))
+    if cfg.update_readme:
+        update_readme(Path("README.md"), body.replace("{img}", f"{out.as_posix()}/"), cfg.prefix)
     CONSOLE.print(f"[green]wrote[/green] {md}")
     return md
 
 
-def update_readme(readme: Path, body: str) -> None:
+def readme_markers(prefix: str) -> tuple[str, str]:
+    """The README block a run family's tables go in: the main results block for the embedded data, else its own."""
+    if prefix == "synth":
+        return README_START, README_END
+    return f"<!-- results-{prefix}:start -->", f"<!-- results-{prefix}:end -->"
+
+
+def update_readme(readme: Path, body: str, prefix: str = "synth") -> None:
+    """Replace the text between the prefix's markers; a README without them is left alone."""
     if not readme.exists():
         return
+    start, end = readme_markers(prefix)
     text = readme.read_text()
-    if README_START not in text or README_END not in text:
+    if start not in text or end not in text:
         return
-    pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
-    write_text(readme, pattern.sub(lambda _: f"{README_START}\n{body}{README_END}", text))
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+    write_text(readme, pattern.sub(lambda _: f"{start}\n{body}{end}", text))
