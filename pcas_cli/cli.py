@@ -90,6 +90,9 @@ DeviceOpt = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (con
 ResumeOpt = typer.Option(None, "--resume/--no-resume", help="continue an interrupted run from its last checkpoint")
 EpochsOpt = typer.Option(None, "--epochs", help="training epochs (from the stage config)")
 SeedOpt = typer.Option(None, "--seed", help="random seed (config default: 0)")
+LocalWeightsOpt = typer.Option(None, help="local timm-compatible weights file to start from")
+# segmenters (upper bound, train-seg) use the same visual backbone as PCAS
+SegBackboneOpt = typer.Option(None, help="visual backbone, as train-visual (config default: vit_tiny_p8)")
 
 
 def _call(stage: str, config: Path | None, preset: str | None, sets: list[str] | None, /, **options: Any) -> Any:
@@ -185,7 +188,7 @@ def train_visual(
     run: Optional[Path] = RunOpt,
     backbone: Optional[str] = typer.Option(None, help="visual backbone: vit_tiny_p8 | vit_base | resnet50 | "
                                                       "pvt_v2_b2 | any timm name (config default: vit_tiny_p8)"),
-    weights: Optional[str] = typer.Option(None, help="local timm-compatible weights file to start from"),
+    weights: Optional[str] = LocalWeightsOpt,
     pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained",
                                               help="download timm's pretrained weights (needs the network)"),
     epochs: Optional[int] = EpochsOpt, seed: Optional[int] = SeedOpt, device: Optional[str] = DeviceOpt,
@@ -298,9 +301,7 @@ def baseline(
 @app.command("train-supervised")
 def train_supervised(
     run: Optional[Path] = RunOpt,
-    backbone: Optional[str] = typer.Option(None, help="visual backbone, as train-visual (config default: "
-                                                      "vit_tiny_p8)"),
-    weights: Optional[str] = typer.Option(None, help="local timm-compatible weights file to start from"),
+    backbone: Optional[str] = SegBackboneOpt, weights: Optional[str] = LocalWeightsOpt,
     epochs: Optional[int] = EpochsOpt, seed: Optional[int] = SeedOpt, device: Optional[str] = DeviceOpt,
     resume: Optional[bool] = ResumeOpt,
     config: Optional[Path] = ConfigOpt, preset: Optional[str] = PresetOpt, set_: Optional[List[str]] = SetOpt,
@@ -315,9 +316,7 @@ def train_seg(
     run: Optional[Path] = RunOpt,
     labels: Optional[str] = typer.Option(None, help="train pseudo-labels: <run>/<labels>/train.h5 (config default: "
                                                     "crf)"),
-    backbone: Optional[str] = typer.Option(None, help="visual backbone, as train-visual (config default: "
-                                                      "vit_tiny_p8)"),
-    weights: Optional[str] = typer.Option(None, help="local timm-compatible weights file to start from"),
+    backbone: Optional[str] = SegBackboneOpt, weights: Optional[str] = LocalWeightsOpt,
     epochs: Optional[int] = EpochsOpt, seed: Optional[int] = SeedOpt, device: Optional[str] = DeviceOpt,
     resume: Optional[bool] = ResumeOpt,
     config: Optional[Path] = ConfigOpt, preset: Optional[str] = PresetOpt, set_: Optional[List[str]] = SetOpt,

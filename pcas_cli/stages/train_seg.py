@@ -31,7 +31,7 @@ from pcas_cli.stages.train_supervised import TrainSupervisedConfig, fit_and_pred
 @dataclass(frozen=True)
 class TrainSegConfig(TrainSupervisedConfig):
     # Every field of TrainSupervisedConfig (model, decoder, audio branch, optim, augment, device, resume), plus:
-    labels: str = "crf"  # pseudo-labels to learn from: <run>/<labels>/train.h5 (crf = after the dense CRF, pseudo = before)
+    labels: str = "crf"  # learn from <run>/<labels>/train.h5 (crf: pseudo-labels after the dense CRF; pseudo: before)
     out: str = "seg"  # prediction folder under the run
 
 
