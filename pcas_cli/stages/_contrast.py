@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
+from pcas_cli.artifacts import ArtifactReader
 from pcas_cli.config import to_dict
 from pcas_cli.console import CONSOLE
 from pcas_cli.errors import PcasError
@@ -147,6 +149,26 @@ class ContrastTask(TrainTask):
         return labels
 
 
+def sounding_share(cache: AudioCache, features: ArtifactReader, threshold: float) -> float:
+    """Share of the split's real frames in which some video-labelled class sounds by the listener (p_t > threshold):
+    the frames that give CMC its audio positives and CMPC / CMCC their patch labels."""
+    labels = torch.from_numpy(np.asarray(features.read("labels", slice(None)))).bool()  # (N, C)
+    valid = torch.from_numpy(np.asarray(features.read("frame_valid", slice(None)))).bool()  # (N, T)
+    heard = ((cache.probs > threshold) & labels[:, None, :]).any(dim=-1)  # (N, T)
+    return float(heard[valid].float().mean()) if valid.any() else 0.0
+
+
+def report_sounding_share(share: float, threshold: float) -> None:
+    CONSOLE.print(f"listener: {share:.1%} of train frames have a labelled class with p > {threshold} "
+                  "(CMC audio positives, CMPC / CMCC patch labels)")
+    if share < 0.05:
+        # Seen on AV-Digits with the tiny from-scratch preset: a listener near chance never passes 0.5, and the
+        # contrastive terms then train on nothing without any error.
+        CONSOLE.print("[yellow]warning:[/yellow] the listener hears almost nothing at this threshold, so CMC has no "
+                      "audio positives and CMPC / CMCC no patch labels; check metrics/audio-tvp.json (per-second "
+                      "mAP) or lower audio_threshold")
+
+
 def run_contrast(cfg: ContrastConfig, stage: str, default_init: str) -> Path:
     """Train the visual encoder + projection heads with the enabled terms; writes ckpt/<name>.pt."""
     if not (cfg.cmc or cfg.cmpc or cfg.cmcc):
@@ -169,9 +191,11 @@ def run_contrast(cfg: ContrastConfig, stage: str, default_init: str) -> Path:
     if not model.has_projections:  # starting from visual.pt: add the shared-space heads
         model = PCASModel(model.visual, audio.embed_dim, cfg.proj)
     cache = build_audio_cache(train, audio, prompt_visual, device)
+    share = sounding_share(cache, train, cfg.audio_threshold)
+    report_sounding_share(share, cfg.audio_threshold)
     spec = {**init_ckpt["provenance"]["model_spec"], "proj": to_dict(cfg.proj), "audio_dim": audio.embed_dim}
     prov = make_provenance(stage, stage_config(cfg), cfg.optim.seed, inputs)
-    prov["model_spec"] = spec
+    prov.update(model_spec=spec, sounding_share=share)
     name = cfg.name or stage
     result = fit(ContrastTask(cfg, model, cache), cfg.optim, ckpt_dir, name, prov, resume=cfg.resume,
                  device=cfg.device)

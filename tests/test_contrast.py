@@ -1,0 +1,30 @@
+"""The contrastive stages' report of how much audio evidence the listener gives them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pcas_cli.artifacts import ArtifactWriter, read_features
+from pcas_cli.stages._common import AudioCache
+from pcas_cli.stages._contrast import sounding_share
+
+
+def test_sounding_share_counts_real_frames_with_a_heard_labelled_class(tmp_path):
+    dims = {"T": 2, "H": 4, "W": 4, "F": 3, "M": 5, "C": 2}
+    labels = [np.array([1, 0], np.uint8), np.array([0, 1], np.uint8)]
+    valid = [np.array([True, True]), np.array([True, False])]  # clip 1's second frame is padding
+    path = tmp_path / "train.h5"
+    with ArtifactWriter(path, "features", dims, {"classes": ["a", "b"], "task": "semantic"}, {"stage": "x"}) as w:
+        for i in range(2):
+            w.append(clip_id=f"c{i}", subset="v2", frames=np.zeros((2, 4, 4, 3), np.uint8),
+                     fbank=np.zeros((2, 3, 5), np.float16), labels=labels[i], masks=np.zeros((2, 4, 4), np.uint8),
+                     mask_valid=np.zeros(2, bool), frame_valid=valid[i], visible=np.zeros((2, 4, 4), np.uint8))
+    probs = torch.tensor([[[0.9, 0.0], [0.2, 0.9]],  # clip 0 (label a): heard at t=0 only (b is not labelled)
+                          [[0.6, 0.4], [0.0, 0.9]]])  # clip 1 (label b): not heard at t=0; t=1 is padding
+    cache = AudioCache(tokens=torch.zeros(2, 2, 3), probs=probs, clip_ids=["c0", "c1"])
+    feats = read_features(path)
+    assert sounding_share(cache, feats, 0.5) == pytest.approx(1 / 3)  # 1 of the 3 real frames
+    assert sounding_share(cache, feats, 0.3) == pytest.approx(2 / 3)  # clip 1, t=0: b at 0.4
+    assert sounding_share(cache, feats, 0.95) == 0.0
