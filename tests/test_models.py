@@ -269,6 +269,26 @@ def test_audio_tvp_off_and_input_checks() -> None:
         no_tvp(torch.randn(1, 11, FPS, N_MELS))
 
 
+@pytest.mark.parametrize("n_mels, fps", [(128, 100), (64, 100), (128, 98)])
+def test_conv_stem_gives_the_patch_grid(n_mels: int, fps: int) -> None:
+    """The conv stem replaces the 16x16 patch convolution on the same token grid (8 x 6 at 128 x 100)."""
+    kw = dict(embed_dim=16, depth=1, num_heads=2, n_mels=n_mels, frames_per_second=fps, visual_dim=8,
+              context="second")
+    patch, conv = AudioEncoder(3, **kw), AudioEncoder(3, stem="conv", **kw)
+    assert conv.grid == patch.grid == patch_grid(n_mels, fps, 16, (16, 16)) and conv.num_patches == patch.num_patches
+    out = conv(torch.randn(2, 3, fps, n_mels), torch.randn(2, 3, 8))
+    assert out.logits.shape == (2, 3, 3) and torch.isfinite(out.logits).all()
+    out.logits.sum().backward()
+    assert all(p.grad is not None for p in conv.patch_embed.parameters())
+
+
+def test_conv_stem_rejects_overlap_and_unknown_stems() -> None:
+    with pytest.raises(ValueError, match="non-overlapping"):
+        AudioEncoder(3, embed_dim=16, depth=1, num_heads=2, patch_stride=(10, 10), stem="conv")
+    with pytest.raises(ValueError, match="stem must be"):
+        AudioEncoder(3, embed_dim=16, depth=1, num_heads=2, stem="mlp")
+
+
 def test_ast_overlap_stride_token_count() -> None:
     enc = AudioEncoder(3, embed_dim=16, depth=1, num_heads=2, n_mels=128, frames_per_second=100,
                        patch_stride=(10, 10), visual_dim=8)

@@ -75,6 +75,30 @@ def patch_grid(n_mels: int, frames: int, patch_size: int, stride: tuple[int, int
     return (n_mels - patch_size) // stride[0] + 1, (frames - patch_size) // stride[1] + 1
 
 
+class ConvStem(nn.Module):
+    """Early convolutions instead of one patch x patch convolution (Xiao et al. 2021, "Early Convolutions Help
+    Transformers See Better"): two 3x3 stride-2 convolutions (GroupNorm, GELU), then a (patch/4)-sized one with
+    stride patch/4 to D channels. The tokens cover the same 16 x 16 fbank cells on the same grid as the patch stem
+    (8 x 6 per second at 128 mels x 100 frames), so positions, TVP prompts and everything downstream are unchanged;
+    from scratch it learns from far fewer examples. GroupNorm, not BatchNorm: padded (all-zero) seconds of short
+    clips must not shift the statistics of real ones.
+    """
+
+    def __init__(self, embed_dim: int, patch_size: int = 16, width: int = 32) -> None:
+        super().__init__()
+        if patch_size % 4:
+            raise ValueError(f"the conv stem needs a patch size divisible by 4, got {patch_size}")
+        self.layers = nn.Sequential(
+            nn.Conv2d(1, width, 3, stride=2, padding=1, bias=False), nn.GroupNorm(8, width), nn.GELU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False), nn.GroupNorm(8, 2 * width), nn.GELU(),
+            nn.Conv2d(2 * width, embed_dim, patch_size // 4, stride=patch_size // 4),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, 1, M, F) -> (N, D, M', F')."""
+        return self.layers(x)
+
+
 class AudioEncoder(nn.Module):
     """AST-style transformer classifying each second of a clip, optionally prompted by the visual token of its frame.
 
@@ -93,12 +117,13 @@ class AudioEncoder(nn.Module):
         mlp_ratio: block MLP width / D.
         drop_path: stochastic depth rate of the last block (linearly increasing from 0).
         patch_size: patch side in fbank bins (16 in AST).
+        stem: "patch" = AST's single patch convolution; "conv" = `ConvStem` (non-overlapping patches only).
     """
 
     def __init__(self, num_classes: int, embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
                  n_mels: int = 128, frames_per_second: int = 100, patch_stride: tuple[int, int] = (16, 16),
                  visual_dim: int | None = None, max_seconds: int = 10, context: Context = "clip",
-                 mlp_ratio: float = 4.0, drop_path: float = 0.0, patch_size: int = 16) -> None:
+                 mlp_ratio: float = 4.0, drop_path: float = 0.0, patch_size: int = 16, stem: str = "patch") -> None:
         super().__init__()
         if context not in ("clip", "second"):
             raise ValueError(f"context must be 'clip' or 'second', got {context!r}")
@@ -107,9 +132,21 @@ class AudioEncoder(nn.Module):
         self.frames_per_second = frames_per_second
         self.max_seconds = max_seconds
         self.embed_dim = embed_dim
+        if stem == "patch":
+            self.patch_embed: nn.Module = nn.Conv2d(1, embed_dim, kernel_size=patch_size, stride=tuple(patch_stride))
+        elif stem == "conv":
+            if tuple(patch_stride) != (patch_size, patch_size):
+                raise ValueError(f"the conv stem makes non-overlapping tokens; patch_stride must be "
+                                 f"({patch_size}, {patch_size}), got {tuple(patch_stride)}")
+            self.patch_embed = ConvStem(embed_dim, patch_size)
+        else:
+            raise ValueError(f"stem must be 'patch' or 'conv', got {stem!r}")
         self.grid = patch_grid(n_mels, frames_per_second, patch_size, tuple(patch_stride))
+        out = self.patch_embed(torch.zeros(1, 1, n_mels, frames_per_second))  # (1, D, f_dim, t_dim)
+        if tuple(out.shape[-2:]) != self.grid:
+            raise ValueError(f"the {stem} stem gives a {tuple(out.shape[-2:])} token grid on {n_mels} x "
+                             f"{frames_per_second} fbank, not the patch grid {self.grid}")
         self.num_patches = self.grid[0] * self.grid[1]  # P, patches per second
-        self.patch_embed = nn.Conv2d(1, embed_dim, kernel_size=patch_size, stride=tuple(patch_stride))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.cls_pos = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches, embed_dim))  # (freq, time) patch positions
@@ -156,7 +193,7 @@ class AudioEncoder(nn.Module):
         if t > self.max_seconds:
             raise ValueError(f"clip has {t} seconds; this encoder handles at most {self.max_seconds}")
         x = fbank.reshape(b * t, f, m).transpose(1, 2).unsqueeze(1)  # (B*T, 1, M, F): AST's freq x time image
-        x = self.patch_embed(x.to(self.patch_embed.weight.dtype))  # (B*T, D, f_dim, t_dim)
+        x = self.patch_embed(x.to(self.pos_embed.dtype))  # (B*T, D, f_dim, t_dim)
         x = x.flatten(2).transpose(1, 2) + self.pos_embed  # (B*T, P, D)
         return x.reshape(b, t, self.num_patches, -1) + self.time_embed[:, :t, None, :]  # (B, T, P, D)
 
