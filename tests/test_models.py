@@ -282,6 +282,20 @@ def test_conv_stem_gives_the_patch_grid(n_mels: int, fps: int) -> None:
     assert all(p.grad is not None for p in conv.patch_embed.parameters())
 
 
+def test_per_second_input_norm_ignores_level_and_keeps_padding_silent() -> None:
+    kw = dict(embed_dim=16, depth=1, num_heads=2, n_mels=N_MELS, frames_per_second=FPS, context="second")
+    enc = AudioEncoder(3, input_norm="second", **kw).eval()
+    fbank = torch.randn(1, 2, FPS, N_MELS)
+    shifted = fbank * 3.0 + 5.0  # another recording level / noise floor, same spectro-temporal pattern
+    torch.testing.assert_close(enc(shifted).logits, enc(fbank).logits, atol=1e-3, rtol=1e-3)
+    plain = AudioEncoder(3, **kw).eval()
+    assert not torch.allclose(plain(shifted).logits, plain(fbank).logits, atol=1e-3)
+    padded = torch.cat([fbank, torch.zeros(1, 1, FPS, N_MELS)], dim=1)
+    assert torch.isfinite(enc(padded).logits).all()
+    with pytest.raises(ValueError, match="input_norm"):
+        AudioEncoder(3, input_norm="clip", **kw)
+
+
 def test_conv_stem_rejects_overlap_and_unknown_stems() -> None:
     with pytest.raises(ValueError, match="non-overlapping"):
         AudioEncoder(3, embed_dim=16, depth=1, num_heads=2, patch_stride=(10, 10), stem="conv")

@@ -118,12 +118,17 @@ class AudioEncoder(nn.Module):
         drop_path: stochastic depth rate of the last block (linearly increasing from 0).
         patch_size: patch side in fbank bins (16 in AST).
         stem: "patch" = AST's single patch convolution; "conv" = `ConvStem` (non-overlapping patches only).
+        input_norm: "none" = the fbank as extracted (AST's fixed data-set normalisation); "second" = standardise
+            each second on its own (mean and std over its frames and mel bins), like per-utterance normalisation in
+            speech recognition: it removes the clip's noise level and recording gain, which otherwise dominate the
+            input when a from-scratch encoder has little data (AV-Digits: SNR 5-20 dB, levels vary per speaker).
     """
 
     def __init__(self, num_classes: int, embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
                  n_mels: int = 128, frames_per_second: int = 100, patch_stride: tuple[int, int] = (16, 16),
                  visual_dim: int | None = None, max_seconds: int = 10, context: Context = "clip",
-                 mlp_ratio: float = 4.0, drop_path: float = 0.0, patch_size: int = 16, stem: str = "patch") -> None:
+                 mlp_ratio: float = 4.0, drop_path: float = 0.0, patch_size: int = 16, stem: str = "patch",
+                 input_norm: str = "none") -> None:
         super().__init__()
         if context not in ("clip", "second"):
             raise ValueError(f"context must be 'clip' or 'second', got {context!r}")
@@ -132,6 +137,9 @@ class AudioEncoder(nn.Module):
         self.frames_per_second = frames_per_second
         self.max_seconds = max_seconds
         self.embed_dim = embed_dim
+        if input_norm not in ("none", "second"):
+            raise ValueError(f"input_norm must be 'none' or 'second', got {input_norm!r}")
+        self.input_norm = input_norm
         if stem == "patch":
             self.patch_embed: nn.Module = nn.Conv2d(1, embed_dim, kernel_size=patch_size, stride=tuple(patch_stride))
         elif stem == "conv":
@@ -193,6 +201,9 @@ class AudioEncoder(nn.Module):
         if t > self.max_seconds:
             raise ValueError(f"clip has {t} seconds; this encoder handles at most {self.max_seconds}")
         x = fbank.reshape(b * t, f, m).transpose(1, 2).unsqueeze(1)  # (B*T, 1, M, F): AST's freq x time image
+        if self.input_norm == "second":
+            mean, std = x.mean(dim=(2, 3), keepdim=True), x.std(dim=(2, 3), keepdim=True)
+            x = (x - mean) / (std + 1e-3)  # padded all-zero seconds stay zero
         x = self.patch_embed(x.to(self.pos_embed.dtype))  # (B*T, D, f_dim, t_dim)
         x = x.flatten(2).transpose(1, 2) + self.pos_embed  # (B*T, P, D)
         return x.reshape(b, t, self.num_patches, -1) + self.time_embed[:, :t, None, :]  # (B, T, P, D)

@@ -37,6 +37,7 @@ class AudioModelConfig:
     patch_stride: tuple[int, int] = (16, 16)  # (freq, time) stride of the 16x16 patches; AST overlap = (10, 10)
     context: str = "second"  # "second": one sequence per second [prompt, patches]; "clip": one per clip, interleaved
     stem: str = "patch"  # "patch": AST's 16x16 patch convolution; "conv": early convolutions (models.audio.ConvStem)
+    input_norm: str = "none"  # "none": fbank as extracted (AST normalisation); "second": standardise each second
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,8 @@ def build_audio(spec: dict[str, Any]) -> nn.Module:
     return AudioEncoder(spec["num_classes"], embed_dim=a["embed_dim"], depth=a["depth"], num_heads=a["num_heads"],
                         n_mels=spec["n_mels"], frames_per_second=spec["frames_per_second"],
                         patch_stride=tuple(a["patch_stride"]), visual_dim=spec["visual_dim"] if spec["tvp"] else None,
-                        max_seconds=spec["max_seconds"], context=a["context"], stem=a.get("stem", "patch"))
+                        max_seconds=spec["max_seconds"], context=a["context"], stem=a.get("stem", "patch"),
+                        input_norm=a.get("input_norm", "none"))
 
 
 def base_spec(features: ArtifactReader, visual: VisualModelConfig) -> dict[str, Any]:
