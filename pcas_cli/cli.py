@@ -83,6 +83,7 @@ STAGE_CONFIGS: dict[str, tuple[str, str]] = {
     "baseline": ("stages.baseline", "BaselineConfig"),
     "train-supervised": ("stages.train_supervised", "TrainSupervisedConfig"),
     "train-seg": ("stages.train_seg", "TrainSegConfig"),
+    "diagnose": ("stages.diagnose", "DiagnoseConfig"),
 }
 
 RunOpt = typer.Option(None, "--run", "--run-dir", help="run folder (config default: data/runs/synth-avss)")
@@ -324,6 +325,20 @@ def train_seg(
     """Final segmentation network on the train split's PCAS pseudo-labels (upper bound's recipe) -> seg/*.h5."""
     _call("train-seg", config, preset, set_, run=run, labels=labels, model__backbone=backbone, model__weights=weights,
           optim__epochs=epochs, optim__seed=seed, device=device, resume=resume)
+
+
+@app.command()
+def diagnose(
+    run: Optional[Path] = RunOpt,
+    listener: Optional[str] = typer.Option(None, help="listener ckpt/<name>.pt to examine; '' = skip (config "
+                                                      "default: tvp)"),
+    probe_steps: Optional[int] = typer.Option(None, help="also train a per-second supervised audio probe for this "
+                                                         "many steps (config default: 0 = off)"),
+    device: Optional[str] = DeviceOpt,
+    config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
+) -> None:
+    """Why a run does not learn: listener mAP on train vs val vs chance, what align/refine hear, an audio probe."""
+    _call("diagnose", config, None, set_, run=run, listener=listener, probe_steps=probe_steps, device=device)
 
 
 @app.command()

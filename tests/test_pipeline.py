@@ -150,6 +150,18 @@ def test_train_seg_refuses_missing_wrong_or_stale_pseudo_labels(run_dir: Path, t
         pcas(*args)
 
 
+def test_diagnose_reports_listener_heard_frames_and_probe(run_dir: Path) -> None:
+    pcas("diagnose", "--run", str(run_dir), "--device", "cpu", "--probe-steps", "3", "--set", "audio.embed_dim=16",
+         "--set", "audio.depth=1", "--set", "audio.num_heads=2", "--set", "audio.input_norm=second")
+    report = json.loads((run_dir / "metrics/diagnose.json").read_text())
+    for split in ("train", "val"):
+        assert 0.0 <= report[split]["map"] <= 1.0 and 0.0 < report[split]["chance_map"] < 1.0
+    assert [h["threshold"] for h in report["heard"]] == [0.3, 0.5, 0.7]
+    shares = [h["frames_heard"] for h in report["heard"]]
+    assert shares == sorted(shares, reverse=True)  # a higher threshold never hears more
+    assert report["probe"]["steps"] == 3 and 0.0 <= report["probe"]["val_map"] <= 1.0
+
+
 def test_same_seed_same_weights(run_dir: Path, tmp_path: Path) -> None:
     """Training is deterministic for a seed: a rerun of train-visual reproduces the weights bit for bit."""
     from pcas_cli.training.checkpoint import load_checkpoint

@@ -1,0 +1,177 @@
+"""`pcas diagnose`: why a run does not learn, in numbers that separate the usual causes (one run folder).
+
+1. Listening: the frozen listener's per-second mAP on train and on val, beside chance (the mean per-second class
+   prevalence, the AP of a constant score). Near chance on both splits: it does not learn (underfits); high on
+   train only: it memorises the train clips (overfits).
+2. What align / refine get from it: the share of train frames in which a video-labelled class is heard at
+   p > threshold (their audio positives), and the precision / recall of those classes against the train masks.
+3. Optional probe (`--probe-steps N`): a fresh audio encoder of the configured size trained for N steps on the
+   per-second classes of the train masks (full supervision of the audio side alone), scored on val. It asks whether
+   the architecture can learn these sounds at all; the weakly supervised listener will not do better.
+
+A diagnostic, like scoring: it reads the masks of train (2, 3) and val (1, 3) to measure, and nothing it computes
+feeds back into the pipeline. Writes <run>/metrics/<out>.json (diagnose.json) and prints a table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.table import Table
+
+from pcas_cli.artifacts import ArtifactReader
+from pcas_cli.config import to_dict
+from pcas_cli.console import CONSOLE, progress
+from pcas_cli.errors import PcasError
+from pcas_cli.metrics_cls import mean_average_precision
+from pcas_cli.seed import seed_everything
+from pcas_cli.stages._common import (AudioModelConfig, build_audio, build_audio_cache, frame_classes_from_masks,
+                                     listener, open_features, resolve_device, run_paths, stage_config)
+from pcas_cli.training.data import AugmentConfig, spec_augment
+from pcas_cli.writing import write_json
+
+
+@dataclass(frozen=True)
+class DiagnoseConfig:
+    run: Path = Path("data/runs/synth-avss")  # run folder (reads features/, ckpt/<listener>.pt)
+    listener: str = "tvp"  # listener checkpoint to examine: ckpt/<listener>.pt ("" = skip 1 and 2)
+    thresholds: tuple[float, ...] = (0.3, 0.5, 0.7)  # listener probabilities at which a class counts as heard
+    probe_steps: int = 0  # > 0: train a per-second supervised audio probe for this many steps (3.)
+    probe_batch: int = 32  # seconds per probe step
+    probe_lr: float = 1e-3  # AdamW peak learning rate of the probe (one-cycle schedule)
+    audio: AudioModelConfig = field(default_factory=AudioModelConfig)  # the probe's encoder (as train-tvp's)
+    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(time_mask=20, freq_mask=24))  # probe
+    out: str = "diagnose"  # report name: <run>/metrics/<out>.json
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+def second_targets(features: ArtifactReader) -> tuple[np.ndarray, np.ndarray]:
+    """Per-second sounding classes from the masks: (N, T, C) bool, and (N, T) bool "frame t has a mask"."""
+    targets, has = [], []
+    for i in range(len(features)):
+        c = features.clip(i, ("masks", "mask_valid", "labels"))
+        targets.append(frame_classes_from_masks(c["masks"], c["mask_valid"], c["labels"], features.task))
+        has.append(c["mask_valid"])
+    return np.stack(targets).astype(bool), np.stack(has).astype(bool)
+
+
+def chance_map(targets: np.ndarray) -> float:
+    """mAP of a constant score over (frames, C) targets = mean prevalence of the classes that occur."""
+    prevalence = targets.mean(axis=0)
+    return float(prevalence[targets.any(axis=0)].mean()) if targets.any() else 0.0
+
+
+def heard_stats(probs: np.ndarray, labels: np.ndarray, valid: np.ndarray, targets: np.ndarray, has: np.ndarray,
+                threshold: float) -> dict[str, float]:
+    """What align / refine treat as sounding: labels * (p > threshold), (N, T, C); scored on frames with masks."""
+    heard = (probs > threshold) & labels[:, None, :].astype(bool)
+    tp, fp = int((heard & targets)[has].sum()), int((heard & ~targets)[has].sum())
+    fn = int((~heard & targets)[has].sum())
+    return {"threshold": threshold, "frames_heard": float(heard.any(-1)[valid].mean()),
+            "precision": tp / max(tp + fp, 1), "recall": tp / max(tp + fn, 1)}
+
+
+def listener_report(cfg: DiagnoseConfig, device: torch.device) -> dict[str, Any]:
+    audio, prompt_visual, ckpt = listener(run_paths(cfg.run)["ckpt"] / f"{cfg.listener}.pt", device)
+    out: dict[str, Any] = {"listener": cfg.listener, "listener_id": ckpt["artifact_id"]}
+    for split in ("train", "val"):
+        feats = open_features(cfg.run, split)
+        targets, has = second_targets(feats)
+        cache = build_audio_cache(feats, audio, prompt_visual, device, desc=f"listening ({split})")
+        probs = cache.probs.numpy()
+        out[split] = {"map": mean_average_precision(probs[has], targets[has]), "chance_map": chance_map(targets[has]),
+                      "frames_sounding": float(targets.any(-1)[has].mean()), "frames": int(has.sum())}
+        if split == "train":
+            labels = np.asarray(feats.read("labels", slice(None)))
+            valid = np.asarray(feats.read("frame_valid", slice(None))).astype(bool)
+            out["heard"] = [heard_stats(probs, labels, valid, targets, has, t) for t in cfg.thresholds]
+    return out
+
+
+def probe_data(features: ArtifactReader) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seconds with a mask: fbank (S, F, M) float16 and per-second classes (S, C) float."""
+    x, y = [], []
+    for i in range(len(features)):
+        c = features.clip(i, ("fbank", "masks", "mask_valid", "labels"))
+        classes = frame_classes_from_masks(c["masks"], c["mask_valid"], c["labels"], features.task)
+        keep = c["mask_valid"].astype(bool)
+        x.append(c["fbank"][keep])
+        y.append(classes[keep])
+    return torch.from_numpy(np.concatenate(x)), torch.from_numpy(np.concatenate(y)).float()
+
+
+@torch.no_grad()
+def _probe_scores(model: torch.nn.Module, x: torch.Tensor, device: torch.device, batch: int = 64) -> np.ndarray:
+    model.eval()
+    out = [torch.sigmoid(model(x[i:i + batch, None].float().to(device)).logits[:, 0]).cpu()
+           for i in range(0, len(x), batch)]
+    return torch.cat(out).numpy()
+
+
+def probe_report(cfg: DiagnoseConfig, device: torch.device) -> dict[str, Any]:
+    seed_everything(cfg.seed)
+    train, val = open_features(cfg.run, "train"), open_features(cfg.run, "val")
+    (x_tr, y_tr), (x_va, y_va) = probe_data(train), probe_data(val)
+    if not len(x_tr) or not len(x_va):
+        raise PcasError(f"{cfg.run}: the probe needs masked seconds in train and val")
+    spec = {"num_classes": y_tr.shape[1], "n_mels": train.dims["M"], "frames_per_second": train.dims["F"],
+            "max_seconds": train.dims["T"], "tvp": False, "visual_dim": None, "audio": to_dict(cfg.audio)}
+    model = build_audio(spec).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.probe_lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.probe_lr, total_steps=cfg.probe_steps,
+                                                pct_start=0.05)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    with progress(transient=True) as bar:
+        task = bar.add_task("probe (per-second labels)", total=cfg.probe_steps, info="")
+        for _ in range(cfg.probe_steps):
+            model.train()
+            idx = torch.randint(0, len(x_tr), (cfg.probe_batch,), generator=gen)
+            x = spec_augment(x_tr[idx].float(), cfg.augment, gen).to(device)  # (B, F, M), one second each
+            loss = F.binary_cross_entropy_with_logits(model(x[:, None]).logits[:, 0], y_tr[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update(task, advance=1, info=f"loss {loss.item():.3f}")
+    return {"steps": cfg.probe_steps, "audio": to_dict(cfg.audio), "seconds": {"train": len(x_tr), "val": len(x_va)},
+            "train_map": mean_average_precision(_probe_scores(model, x_tr, device), y_tr.numpy()),
+            "val_map": mean_average_precision(_probe_scores(model, x_va, device), y_va.numpy()),
+            "chance_map": chance_map(y_va.numpy().astype(bool))}
+
+
+def print_report(report: dict[str, Any]) -> None:
+    table = Table(title=f"pcas diagnose {report['run']}")
+    for col in ("what", "train", "val", "chance (val)"):
+        table.add_column(col)
+    if "train" in report:
+        tr, va = report["train"], report["val"]
+        table.add_row(f"listener {report['listener']}.pt per-second mAP", f"{tr['map']:.3f}", f"{va['map']:.3f}",
+                      f"{va['chance_map']:.3f}")
+        for h in report["heard"]:
+            table.add_row(f"heard at p > {h['threshold']}: frames / precision / recall",
+                          f"{h['frames_heard']:.2f} / {h['precision']:.2f} / {h['recall']:.2f}", "",
+                          f"truly sounding {tr['frames_sounding']:.2f}")
+    if "probe" in report:
+        p = report["probe"]
+        table.add_row(f"probe: per-second supervised encoder, {p['steps']} steps", f"{p['train_map']:.3f}",
+                      f"{p['val_map']:.3f}", f"{p['chance_map']:.3f}")
+    CONSOLE.print(table)
+
+
+def run(cfg: DiagnoseConfig) -> Path:
+    device = resolve_device(cfg.device)
+    report: dict[str, Any] = {"run": str(cfg.run), "config": stage_config(cfg)}
+    if cfg.listener:
+        report.update(listener_report(cfg, device))
+    if cfg.probe_steps > 0:
+        report["probe"] = probe_report(cfg, device)
+    print_report(report)
+    out = write_json(run_paths(cfg.run)["metrics"] / f"{cfg.out}.json", report)
+    CONSOLE.print(f"[green]wrote[/green] {out}")
+    return out
