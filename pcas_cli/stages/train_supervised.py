@@ -2,9 +2,9 @@
 
 The same visual backbone as PCAS with an FPN decoder (output stride 4, then bilinear to the frame: finer than the
 pseudo-labels, so the bound is fair) trained with per-pixel cross-entropy on the ground-truth masks of the train split
-(frames without a mask, e.g. S4 train frames 2-5, are ignored). This is the only stage that reads training masks; it
-exists to measure how far weak supervision is from full supervision. Best epoch by val mIoU; then it predicts val and
-test into supervised/{val,test}.h5.
+(frames without a mask, e.g. S4 train frames 2-5, are ignored). This is the only stage that learns from training
+masks (`pcas diagnose` reads them only to measure); it exists to measure how far weak supervision is from full
+supervision. Best epoch by val mIoU; then it predicts val and test into supervised/{val,test}.h5.
 
 The bound is audio-visual, as the paper's fully supervised AVSS models are: a frame alone cannot tell a sounding
 object from a silent one of the same class (on the embedded data nothing in the picture does), so a visual-only
