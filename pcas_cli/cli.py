@@ -347,8 +347,8 @@ def report(
     out: Path = typer.Option(Path("results"), help="where tables, JSON and pictures go"),
     prefix: str = typer.Option("synth", help="run family: <prefix>-s4, <prefix>-ms3, <prefix>-avss"),
     update_readme: bool = typer.Option(True, "--update-readme/--no-update-readme",
-                                       help="refresh README.md's block for this prefix (synth: the results block; other "
-                                            "prefixes: between <!-- results-PREFIX:start/end --> if present)"),
+                                       help="refresh README.md's block for this prefix (synth: the results "
+                                            "block; others: <!-- results-PREFIX:start/end --> if present)"),
 ) -> None:
     """The paper's tables (1-4), timings and example pictures from the runs' metrics -> <out>/<prefix>.md."""
     from pcas_cli.stages.report import ReportConfig, run as report_run

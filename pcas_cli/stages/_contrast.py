@@ -118,7 +118,7 @@ class ContrastTask(TrainTask):
         images, labels = batch["image"], batch["labels"]  # (B, 3, H, W), (B, C)
         clip, t = batch["clip_index"].cpu().long(), batch["frame_index"].cpu().long()
         a_t = self.cache.tokens[clip, t].to(images)  # (B, Da)
-        sounding = labels * (self.cache.probs[clip, t].to(images) > cfg.audio_threshold)  # (B, C) sounds now
+        sounding = heard_classes(self.cache.probs[clip, t].to(images), labels, cfg.audio_threshold).to(images)
         crops = boxes = None
         if cfg.cmcc:
             boxes = random_boxes(len(images), cfg.cmcc_params.crops, cfg.cmcc_params.crop_fraction)
@@ -149,12 +149,18 @@ class ContrastTask(TrainTask):
         return labels
 
 
+def heard_classes(probs: Tensor, labels: Tensor, threshold: float) -> Tensor:
+    """The classes align / refine treat as sounding now: in the video labels and heard by the listener (p_t >
+    threshold). probs (..., C), labels broadcastable to it -> bool (..., C)."""
+    return (probs > threshold) & labels.bool()
+
+
 def sounding_share(cache: AudioCache, features: ArtifactReader, threshold: float) -> float:
     """Share of the split's real frames in which some video-labelled class sounds by the listener (p_t > threshold):
     the frames that give CMC its audio positives and CMPC / CMCC their patch labels."""
-    labels = torch.from_numpy(np.asarray(features.read("labels", slice(None)))).bool()  # (N, C)
+    labels = torch.from_numpy(np.asarray(features.read("labels", slice(None))))  # (N, C)
     valid = torch.from_numpy(np.asarray(features.read("frame_valid", slice(None)))).bool()  # (N, T)
-    heard = ((cache.probs > threshold) & labels[:, None, :]).any(dim=-1)  # (N, T)
+    heard = heard_classes(cache.probs, labels[:, None, :], threshold).any(dim=-1)  # (N, T)
     return float(heard[valid].float().mean()) if valid.any() else 0.0
 
 

@@ -30,8 +30,10 @@ from pcas_cli.console import CONSOLE, progress
 from pcas_cli.errors import PcasError
 from pcas_cli.metrics_cls import mean_average_precision
 from pcas_cli.seed import seed_everything
-from pcas_cli.stages._common import (AudioModelConfig, build_audio, build_audio_cache, frame_classes_from_masks,
-                                     listener, open_features, resolve_device, run_paths, stage_config)
+from pcas_cli.stages._common import (AudioCache, AudioModelConfig, build_audio, build_audio_cache,
+                                     frame_classes_from_masks, listener, open_features, resolve_device, run_paths,
+                                     stage_config)
+from pcas_cli.stages._contrast import heard_classes, sounding_share
 from pcas_cli.training.data import AugmentConfig, spec_augment
 from pcas_cli.writing import write_json
 
@@ -67,13 +69,14 @@ def chance_map(targets: np.ndarray) -> float:
     return float(prevalence[targets.any(axis=0)].mean()) if targets.any() else 0.0
 
 
-def heard_stats(probs: np.ndarray, labels: np.ndarray, valid: np.ndarray, targets: np.ndarray, has: np.ndarray,
+def heard_stats(cache: AudioCache, features: ArtifactReader, targets: np.ndarray, has: np.ndarray,
                 threshold: float) -> dict[str, float]:
-    """What align / refine treat as sounding: labels * (p > threshold), (N, T, C); scored on frames with masks."""
-    heard = (probs > threshold) & labels[:, None, :].astype(bool)
+    """What align / refine treat as sounding at this threshold; precision / recall on frames with masks."""
+    labels = torch.from_numpy(np.asarray(features.read("labels", slice(None))))[:, None, :]  # (N, 1, C)
+    heard = heard_classes(cache.probs, labels, threshold).numpy()  # (N, T, C)
     tp, fp = int((heard & targets)[has].sum()), int((heard & ~targets)[has].sum())
     fn = int((~heard & targets)[has].sum())
-    return {"threshold": threshold, "frames_heard": float(heard.any(-1)[valid].mean()),
+    return {"threshold": threshold, "frames_heard": sounding_share(cache, features, threshold),
             "precision": tp / max(tp + fp, 1), "recall": tp / max(tp + fn, 1)}
 
 
@@ -88,22 +91,15 @@ def listener_report(cfg: DiagnoseConfig, device: torch.device) -> dict[str, Any]
         out[split] = {"map": mean_average_precision(probs[has], targets[has]), "chance_map": chance_map(targets[has]),
                       "frames_sounding": float(targets.any(-1)[has].mean()), "frames": int(has.sum())}
         if split == "train":
-            labels = np.asarray(feats.read("labels", slice(None)))
-            valid = np.asarray(feats.read("frame_valid", slice(None))).astype(bool)
-            out["heard"] = [heard_stats(probs, labels, valid, targets, has, t) for t in cfg.thresholds]
+            out["heard"] = [heard_stats(cache, feats, targets, has, t) for t in cfg.thresholds]
     return out
 
 
 def probe_data(features: ArtifactReader) -> tuple[torch.Tensor, torch.Tensor]:
     """Seconds with a mask: fbank (S, F, M) float16 and per-second classes (S, C) float."""
-    x, y = [], []
-    for i in range(len(features)):
-        c = features.clip(i, ("fbank", "masks", "mask_valid", "labels"))
-        classes = frame_classes_from_masks(c["masks"], c["mask_valid"], c["labels"], features.task)
-        keep = c["mask_valid"].astype(bool)
-        x.append(c["fbank"][keep])
-        y.append(classes[keep])
-    return torch.from_numpy(np.concatenate(x)), torch.from_numpy(np.concatenate(y)).float()
+    targets, has = second_targets(features)
+    x = np.concatenate([features.read("fbank", i)[has[i]] for i in range(len(features))])
+    return torch.from_numpy(x), torch.from_numpy(targets[has]).float()
 
 
 @torch.no_grad()
