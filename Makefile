@@ -59,45 +59,51 @@ $(RAW)/avdigits-%/.complete: stages/build-avdigits.toml | $(STAMP)
 # ---- per-run pipeline; % is the run name (synth-avss, synth-s4, synth-ms3, avdigits-avss, ...) ---------------
 # The raw data folder of run R is $(RAW)/R; its layout is the part after the last '-'.
 layout = $(lastword $(subst -, ,$(1)))
+# Data-set presets: when stages/presets/<D>.toml exists, every training / labelling stage of a run named <D>-<layout>
+# gets `--preset <D>` (e.g. avdigits). A preset can touch any stage, so it is a prerequisite of the run's root (its features).
+dataset = $(firstword $(subst -, ,$(1)))
+preset_file = $(wildcard stages/presets/$(call dataset,$(1)).toml)
+PRESET = $(if $(call preset_file,$*),--preset $(call dataset,$*))
+.SECONDEXPANSION:
 
 $(RUNS)/%/features/train.h5 $(RUNS)/%/features/val.h5 $(RUNS)/%/features/test.h5 &: \
-		$(RAW)/%/.complete stages/extract.toml | $(STAMP)
-	$(PCAS) extract --layout $(call layout,$*) --root $(RAW)/$* --run $(RUNS)/$*
+		$(RAW)/%/.complete stages/extract.toml $$(call preset_file,$$*) | $(STAMP)
+	$(PCAS) extract --layout $(call layout,$*) --root $(RAW)/$* --run $(RUNS)/$* $(PRESET)
 
 FEATS = $(RUNS)/%/features/train.h5 $(RUNS)/%/features/val.h5 $(RUNS)/%/features/test.h5
 
 $(RUNS)/%/ckpt/visual.pt: $(FEATS) stages/train-visual.toml
-	$(PCAS) train-visual --run $(RUNS)/$*
+	$(PCAS) train-visual --run $(RUNS)/$* $(PRESET)
 
 $(RUNS)/%/ckpt/tvp.pt: $(RUNS)/%/ckpt/visual.pt stages/train-tvp.toml
-	$(PCAS) train-tvp --run $(RUNS)/$* --tvp
+	$(PCAS) train-tvp --run $(RUNS)/$* --tvp $(PRESET)
 
 $(RUNS)/%/ckpt/ast.pt: $(RUNS)/%/ckpt/visual.pt stages/train-tvp.toml
-	$(PCAS) train-tvp --run $(RUNS)/$* --no-tvp
+	$(PCAS) train-tvp --run $(RUNS)/$* --no-tvp $(PRESET)
 
 $(RUNS)/%/ckpt/align.pt: $(RUNS)/%/ckpt/tvp.pt stages/align.toml
-	$(PCAS) align --run $(RUNS)/$*
+	$(PCAS) align --run $(RUNS)/$* $(PRESET)
 
 $(RUNS)/%/ckpt/refine.pt: $(RUNS)/%/ckpt/align.pt stages/refine.toml
-	$(PCAS) refine --run $(RUNS)/$*
+	$(PCAS) refine --run $(RUNS)/$* $(PRESET)
 
 # PCAS masks: threshold chosen on val, then test; dense CRF on test.
 $(RUNS)/%/pseudo/val.h5: $(RUNS)/%/ckpt/refine.pt stages/pseudo-label.toml
-	$(PCAS) pseudo-label --run $(RUNS)/$* --split val
+	$(PCAS) pseudo-label --run $(RUNS)/$* --split val $(PRESET)
 $(RUNS)/%/pseudo/test.h5: $(RUNS)/%/pseudo/val.h5
-	$(PCAS) pseudo-label --run $(RUNS)/$* --split test
+	$(PCAS) pseudo-label --run $(RUNS)/$* --split test $(PRESET)
 $(RUNS)/%/crf/test.h5: $(RUNS)/%/pseudo/test.h5 stages/crf.toml
 	$(PCAS) crf --features $(RUNS)/$*/features/test.h5 --predictions $< --out $@
 
 # Baselines in the same pipeline and backbone (paper Table 1): visual-only CAM, audio-visual similarity map.
 $(RUNS)/%/baselines/cam/val.h5: $(RUNS)/%/ckpt/visual.pt stages/pseudo-label.toml
-	$(PCAS) pseudo-label --run $(RUNS)/$* --split val --weights visual --listener '' --out baselines/cam
+	$(PCAS) pseudo-label --run $(RUNS)/$* --split val --weights visual --listener '' --out baselines/cam $(PRESET)
 $(RUNS)/%/baselines/cam/test.h5: $(RUNS)/%/baselines/cam/val.h5
-	$(PCAS) pseudo-label --run $(RUNS)/$* --split test --weights visual --listener '' --out baselines/cam
+	$(PCAS) pseudo-label --run $(RUNS)/$* --split test --weights visual --listener '' --out baselines/cam $(PRESET)
 $(RUNS)/%/baselines/similarity/val.h5: $(RUNS)/%/ckpt/align.pt stages/pseudo-label.toml
-	$(PCAS) pseudo-label --run $(RUNS)/$* --split val --weights align --mode similarity --out baselines/similarity
+	$(PCAS) pseudo-label --run $(RUNS)/$* --split val --weights align --mode similarity --out baselines/similarity $(PRESET)
 $(RUNS)/%/baselines/similarity/test.h5: $(RUNS)/%/baselines/similarity/val.h5
-	$(PCAS) pseudo-label --run $(RUNS)/$* --split test --weights align --mode similarity --out baselines/similarity
+	$(PCAS) pseudo-label --run $(RUNS)/$* --split test --weights align --mode similarity --out baselines/similarity $(PRESET)
 $(RUNS)/%/baselines/background/test.h5: $(RUNS)/%/features/test.h5
 	$(PCAS) baseline --run $(RUNS)/$* --kind background
 $(RUNS)/%/baselines/visible/test.h5: $(RUNS)/%/features/test.h5
@@ -105,16 +111,16 @@ $(RUNS)/%/baselines/visible/test.h5: $(RUNS)/%/features/test.h5
 
 # Fully supervised upper bound (same backbone, FPN decoder, ground-truth train masks).
 $(RUNS)/%/supervised/test.h5: $(FEATS) stages/train-supervised.toml
-	$(PCAS) train-supervised --run $(RUNS)/$*
+	$(PCAS) train-supervised --run $(RUNS)/$* $(PRESET)
 
 # Final segmentation network (pcas train-seg, as ToCo / WS-AVS): the upper bound's recipe trained on the train
 # split's PCAS pseudo-labels (listener classes intersected with the video labels, then the dense CRF).
 $(RUNS)/%/pseudo/train.h5: $(RUNS)/%/pseudo/val.h5
-	$(PCAS) pseudo-label --run $(RUNS)/$* --split train
+	$(PCAS) pseudo-label --run $(RUNS)/$* --split train $(PRESET)
 $(RUNS)/%/crf/train.h5: $(RUNS)/%/pseudo/train.h5 stages/crf.toml
 	$(PCAS) crf --features $(RUNS)/$*/features/train.h5 --predictions $< --out $@
 $(RUNS)/%/seg/test.h5: $(RUNS)/%/crf/train.h5 stages/train-seg.toml
-	$(PCAS) train-seg --run $(RUNS)/$*
+	$(PCAS) train-seg --run $(RUNS)/$* $(PRESET)
 
 # Scores: metrics/<method>.json on test.
 EVAL = $(PCAS) eval --features $(RUNS)/$*/features/test.h5 --predictions $< --out $@
@@ -158,16 +164,16 @@ ABL_FLAGS_cmc-cmpc = --init align --cmc --cmpc --no-cmcc
 ABL_FLAGS_cmc-cmcc = --init align --cmc --no-cmpc --cmcc
 define REFINE_VARIANT
 $$(RUNS)/%/ckpt/refine-$(1).pt: $$(RUNS)/%/ckpt/align.pt stages/refine.toml
-	$$(PCAS) refine --run $$(RUNS)/$$* --name refine-$(1) $$(ABL_FLAGS_$(1))
+	$$(PCAS) refine --run $$(RUNS)/$$* --name refine-$(1) $$(ABL_FLAGS_$(1)) $$(PRESET)
 endef
 $(foreach v,cmpc cmcc cmpc-cmcc cmc-cmpc cmc-cmcc,$(eval $(call REFINE_VARIANT,$(v))))
 
 # Table 4 row -> weights: none = Looking encoder + listener only (no alignment), cmc = align.pt, all = refine.pt
 define ABLATION_ROW
 $$(RUNS)/%/ablations/$(1)/val.h5: $$(RUNS)/%/ckpt/$(2).pt $$(RUNS)/%/ckpt/tvp.pt stages/pseudo-label.toml
-	$$(PCAS) pseudo-label --run $$(RUNS)/$$* --split val --weights $(2) --out ablations/$(1)
+	$$(PCAS) pseudo-label --run $$(RUNS)/$$* --split val --weights $(2) --out ablations/$(1) $$(PRESET)
 $$(RUNS)/%/ablations/$(1)/test.h5: $$(RUNS)/%/ablations/$(1)/val.h5
-	$$(PCAS) pseudo-label --run $$(RUNS)/$$* --split test --weights $(2) --out ablations/$(1)
+	$$(PCAS) pseudo-label --run $$(RUNS)/$$* --split test --weights $(2) --out ablations/$(1) $$(PRESET)
 $$(RUNS)/%/metrics/ablation-$(1).json: $$(RUNS)/%/ablations/$(1)/test.h5 stages/eval.toml
 	$$(PCAS) eval --features $$(RUNS)/$$*/features/test.h5 --predictions $$< --out $$@ --name "$(1)"
 endef

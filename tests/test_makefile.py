@@ -47,3 +47,22 @@ def test_touching_eval_config_reruns_only_scoring(tmp_path: Path) -> None:
     out = _commands_after_touching(tmp_path, "eval.toml")
     commands = {line.split()[1] for line in out.splitlines()}
     assert commands == {"eval"}
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make not installed")
+def test_a_data_set_preset_applies_to_its_runs_only(tmp_path: Path) -> None:
+    """stages/presets/avdigits.toml: every training / labelling stage of avdigits-* runs gets --preset avdigits and
+    reruns when the preset changes; the synth runs neither get it nor rerun."""
+    out = _commands_after_touching(tmp_path, "presets/avdigits.toml", target="bench-avdigits")
+    assert "pcas train-visual --run data/runs/avdigits-avss --preset avdigits" in out
+    assert "pcas train-tvp --run data/runs/avdigits-avss --tvp --preset avdigits" in out
+    assert "pcas refine --run data/runs/avdigits-avss --name refine-cmpc" in out
+    for line in out.splitlines():
+        stage = line.split()[1]
+        assert ("--preset avdigits" in line) == (stage not in ("eval", "crf", "baseline")), line
+    (tmp_path / "synth").mkdir()
+    synth = _commands_after_touching(tmp_path / "synth", "presets/avdigits.toml", target="reproduce")
+    assert synth == ""
+    listed = subprocess.run(["make", "-n", "-B", "data/runs/synth-avss/ckpt/align.pt"], cwd=tmp_path / "synth",
+                            check=True, capture_output=True, text=True).stdout
+    assert "pcas align --run data/runs/synth-avss" in listed and "--preset" not in listed

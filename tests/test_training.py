@@ -15,7 +15,7 @@ from pcas_cli.artifacts import ArtifactWriter
 from pcas_cli.errors import PcasError
 from pcas_cli.training import (AugmentConfig, ClipDataset, FrameDataset, OptimConfig, TrainTask, fit, load_checkpoint,
                                lr_at, save_checkpoint, weights_fingerprint)
-from pcas_cli.training.data import crop_box, crop_flip, spec_augment
+from pcas_cli.training.data import colour_augment, crop_box, crop_flip, spec_augment
 
 PROV = {"stage": "toy", "config": {"width": 16}, "seed": 0, "inputs": {"features/train.h5": "abc"}}
 
@@ -384,6 +384,30 @@ def test_crop_box_and_crop_hand_values():
     assert torch.equal(out[0], expect)
     _, flipped = crop_flip(images, (0, 0, 4, 4), flip=True, masks=masks)
     assert flipped[0, 0].tolist() == [0, 0, 2, 1]
+
+
+def test_colour_augment_hand_values_and_sharing():
+    images = torch.rand(3, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    images[1] = images[0]
+    assert colour_augment(images, AugmentConfig()) is images  # off by default
+    grey = colour_augment(images, AugmentConfig(grayscale=1.0))
+    expect = (0.299 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2])  # ITU-R 601 luma
+    assert torch.allclose(grey, expect[:, None].expand_as(images), atol=1e-3)
+    g = torch.Generator().manual_seed(5)
+    out = colour_augment(images, AugmentConfig(color_jitter=0.5, hue_jitter=0.2), g)
+    assert out.shape == images.shape and 0.0 <= float(out.min()) and float(out.max()) <= 1.0
+    assert torch.equal(out[0], out[1])  # one draw for every frame of the clip
+    assert not torch.allclose(out, images)
+    again = colour_augment(images, AugmentConfig(color_jitter=0.5, hue_jitter=0.2), torch.Generator().manual_seed(5))
+    assert torch.equal(out, again)  # seeded
+    # a grey image by hand: brightness b scales it, contrast c blends it with its mean, saturation changes nothing
+    x = torch.linspace(0.1, 0.6, 16).view(1, 1, 4, 4).expand(1, 3, 4, 4)
+    draws = torch.rand(3, generator=torch.Generator().manual_seed(7))
+    b, c, _ = (1.0 + 0.5 * (2.0 * draws - 1.0)).tolist()
+    expect = c * (b * x) + (1.0 - c) * (b * x).mean()
+    got = colour_augment(x, AugmentConfig(color_jitter=0.5), torch.Generator().manual_seed(7))
+    assert torch.allclose(got, expect.clamp(0, 1), atol=1e-5)
+    assert AugmentConfig(grayscale=0.1).visual and not AugmentConfig(time_mask=3).visual
 
 
 def test_spec_augment_masks_contiguous_bands():

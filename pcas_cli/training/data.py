@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
 from torch.utils.data import Dataset
 
 from pcas_cli.artifacts import FEATURES, read_features, read_predictions
@@ -39,6 +40,9 @@ class AugmentConfig:
     crop_scale: tuple[float, float] = (1.0, 1.0)  # area fraction range of the random resized crop; lower >= 1 = off
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # aspect-ratio range (width / height) of the crop
     hflip: float = 0.0  # probability of a horizontal flip
+    color_jitter: float = 0.0  # brightness, contrast and saturation factors drawn from [1 - s, 1 + s] (0 = off)
+    hue_jitter: float = 0.0  # hue shift drawn from [-h, h], as a fraction of the colour wheel (<= 0.5; 0 = off)
+    grayscale: float = 0.0  # probability of turning the frames grey (3 equal channels)
     time_mask: int = 0  # SpecAugment: widest time mask, in fbank frames (0 = off)
     time_masks: int = 1  # time masks per second of audio
     freq_mask: int = 0  # SpecAugment: widest frequency mask, in mel bins (0 = off)
@@ -46,7 +50,11 @@ class AugmentConfig:
 
     @property
     def visual(self) -> bool:
-        return self.crop_scale[0] < 1.0 or self.hflip > 0.0
+        return self.crop_scale[0] < 1.0 or self.hflip > 0.0 or self.colour
+
+    @property
+    def colour(self) -> bool:
+        return self.color_jitter > 0.0 or self.hue_jitter > 0.0 or self.grayscale > 0.0
 
     @property
     def audio(self) -> bool:
@@ -102,15 +110,42 @@ def crop_flip(images: torch.Tensor, box: tuple[int, int, int, int], flip: bool,
     return images, masks
 
 
+def colour_augment(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random brightness, contrast, saturation and hue (in that order), then random grey: one draw for all N images.
+
+    Colour is a shortcut a from-scratch encoder can take on few scenes (a digit's ink colour names the scene, not the
+    digit); changing it per clip leaves shape as the only cue. Masks are unaffected.
+
+    Args:
+        images: (N, 3, H, W) float in [0, 1]; not modified.
+    """
+    if not cfg.colour:
+        return images
+    s = cfg.color_jitter
+    factors = [1.0 + s * (2.0 * _rand(generator) - 1.0) for _ in range(3)] if s > 0.0 else [1.0, 1.0, 1.0]
+    hue = cfg.hue_jitter * (2.0 * _rand(generator) - 1.0) if cfg.hue_jitter > 0.0 else 0.0
+    grey = cfg.grayscale > 0.0 and _rand(generator) < cfg.grayscale
+    out = TF.adjust_brightness(images, factors[0])
+    out = TF.adjust_contrast(out, factors[1])
+    out = TF.adjust_saturation(out, factors[2])
+    if hue != 0.0:
+        out = TF.adjust_hue(out, hue)
+    if grey:
+        out = TF.rgb_to_grayscale(out, num_output_channels=3)
+    return out.clamp(0.0, 1.0)
+
+
 def augment_images(images: torch.Tensor, cfg: AugmentConfig, masks: torch.Tensor | None = None,
                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One random crop and flip shared by all N images (the frames of one clip move together), masks alike."""
+    """One random crop, flip and colour change shared by all N images (the frames of one clip move together);
+    masks follow the crop and flip."""
     if not cfg.visual:
         return images, masks
     h, w = images.shape[-2:]
     box = crop_box(h, w, cfg.crop_scale, cfg.crop_ratio, generator) if cfg.crop_scale[0] < 1.0 else (0, 0, h, w)
     flip = cfg.hflip > 0.0 and _rand(generator) < cfg.hflip
-    return crop_flip(images, box, flip, masks)
+    images, masks = crop_flip(images, box, flip, masks)
+    return colour_augment(images, cfg, generator), masks
 
 
 def spec_augment(fbank: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
