@@ -81,7 +81,8 @@ $(RUNS)/%/ckpt/tvp.pt: $(RUNS)/%/ckpt/visual.pt stages/train-tvp.toml
 $(RUNS)/%/ckpt/ast.pt: $(RUNS)/%/ckpt/visual.pt stages/train-tvp.toml
 	$(PCAS) train-tvp --run $(RUNS)/$* --no-tvp $(PRESET)
 
-$(RUNS)/%/ckpt/align.pt: $(RUNS)/%/ckpt/tvp.pt stages/align.toml
+# align, refine and pseudo-label hear with tvp.pt confirmed by the audio-only ast.pt (co_listener in their configs).
+$(RUNS)/%/ckpt/align.pt: $(RUNS)/%/ckpt/tvp.pt $(RUNS)/%/ckpt/ast.pt stages/align.toml
 	$(PCAS) align --run $(RUNS)/$* $(PRESET)
 
 $(RUNS)/%/ckpt/refine.pt: $(RUNS)/%/ckpt/align.pt stages/refine.toml
@@ -170,7 +171,8 @@ $(foreach v,cmpc cmcc cmpc-cmcc cmc-cmpc cmc-cmcc,$(eval $(call REFINE_VARIANT,$
 
 # Table 4 row -> weights: none = Looking encoder + listener only (no alignment), cmc = align.pt, all = refine.pt
 define ABLATION_ROW
-$$(RUNS)/%/ablations/$(1)/val.h5: $$(RUNS)/%/ckpt/$(2).pt $$(RUNS)/%/ckpt/tvp.pt stages/pseudo-label.toml
+$$(RUNS)/%/ablations/$(1)/val.h5: $$(RUNS)/%/ckpt/$(2).pt $$(RUNS)/%/ckpt/tvp.pt $$(RUNS)/%/ckpt/ast.pt \
+		stages/pseudo-label.toml
 	$$(PCAS) pseudo-label --run $$(RUNS)/$$* --split val --weights $(2) --out ablations/$(1) $$(PRESET)
 $$(RUNS)/%/ablations/$(1)/test.h5: $$(RUNS)/%/ablations/$(1)/val.h5
 	$$(PCAS) pseudo-label --run $$(RUNS)/$$* --split test --weights $(2) --out ablations/$(1) $$(PRESET)

@@ -30,9 +30,9 @@ from pcas_cli.losses import (IGNORE, cmc_loss, cmcc_loss, cmpc_loss, crop_labels
                              patch_labels_from_audio)
 from pcas_cli.provenance import make_provenance
 from pcas_cli.seed import seed_everything
-from pcas_cli.stages._common import (AudioCache, PCASModel, ProjectionConfig, build_audio_cache, check_fresh,
-                                     feature_key, features_path, listener, open_features, resolve_device, run_paths,
-                                     stage_config, visual_from_checkpoint)
+from pcas_cli.stages._common import (AudioCache, PCASModel, ProjectionConfig, check_fresh, feature_key, features_path,
+                                     listen, listener_names, open_features, resolve_device, run_paths, stage_config,
+                                     visual_from_checkpoint)
 from pcas_cli.training.data import AugmentConfig, FrameDataset
 from pcas_cli.training.loop import OptimConfig, TrainTask, fit
 
@@ -68,6 +68,8 @@ class ContrastConfig:
     name: str = ""  # output stem in ckpt/ ("" = the stage name: align / refine)
     init: str = ""  # weights to start from: "visual" (ckpt/visual.pt) or "align" (ckpt/align.pt); "" = stage default
     listener: str = "tvp"  # which listener checkpoint gives a_t, p_t (ckpt/<listener>.pt)
+    co_listener: str = "ast"  # p_t = geometric mean with this listener's probabilities (ckpt/<co_listener>.pt; the
+    # audio-only one does not report visible objects in silent seconds as TVP does); "" = the listener alone
     cmc: bool = True  # use CMC (eq. 1)
     cmpc: bool = False  # use CMPC (eq. 2)
     cmcc: bool = False  # use CMCC (eq. 3)
@@ -186,20 +188,19 @@ def run_contrast(cfg: ContrastConfig, stage: str, default_init: str) -> Path:
     init_stage = {"visual": "train-visual", "align": "align"}.get(init)
     if init_stage is None:
         raise PcasError(f"{stage}: init must be 'visual' or 'align', got {init!r}")
-    init_path, listener_path = ckpt_dir / f"{init}.pt", ckpt_dir / f"{cfg.listener}.pt"
+    init_path = ckpt_dir / f"{init}.pt"
     train = open_features(cfg.run, "train")
     model, init_ckpt = visual_from_checkpoint(init_path, init_stage)
-    audio, prompt_visual, lck = listener(listener_path, device)
-    inputs = {feature_key("train"): train.artifact_id, f"ckpt/{init}.pt": init_ckpt["artifact_id"],
-              f"ckpt/{cfg.listener}.pt": lck["artifact_id"]}
+    inputs = {feature_key("train"): train.artifact_id, f"ckpt/{init}.pt": init_ckpt["artifact_id"]}
     check_fresh(init_path, init_ckpt, inputs)
-    check_fresh(listener_path, lck, inputs)
+    cache, audio_dim, listener_ids = listen(ckpt_dir, listener_names(cfg.listener, cfg.co_listener), train, device,
+                                            "train", fresh_against=inputs)
+    inputs.update(listener_ids)
     if not model.has_projections:  # starting from visual.pt: add the shared-space heads
-        model = PCASModel(model.visual, audio.embed_dim, cfg.proj)
-    cache = build_audio_cache(train, audio, prompt_visual, device)
+        model = PCASModel(model.visual, audio_dim, cfg.proj)
     share = sounding_share(cache, train, cfg.audio_threshold)
     report_sounding_share(share, cfg.audio_threshold)
-    spec = {**init_ckpt["provenance"]["model_spec"], "proj": to_dict(cfg.proj), "audio_dim": audio.embed_dim}
+    spec = {**init_ckpt["provenance"]["model_spec"], "proj": to_dict(cfg.proj), "audio_dim": audio_dim}
     prov = make_provenance(stage, stage_config(cfg), cfg.optim.seed, inputs)
     prov.update(model_spec=spec, sounding_share=share)
     name = cfg.name or stage

@@ -30,9 +30,8 @@ from pcas_cli.console import CONSOLE, progress
 from pcas_cli.errors import PcasError
 from pcas_cli.metrics_cls import mean_average_precision
 from pcas_cli.seed import seed_everything
-from pcas_cli.stages._common import (AudioCache, AudioModelConfig, build_audio, build_audio_cache,
-                                     frame_classes_from_masks, listener, open_features, resolve_device, run_paths,
-                                     stage_config)
+from pcas_cli.stages._common import (AudioCache, AudioModelConfig, build_audio, frame_classes_from_masks, listen,
+                                     listener_names, open_features, resolve_device, run_paths, stage_config)
 from pcas_cli.stages._contrast import heard_classes, sounding_share
 from pcas_cli.training.data import AugmentConfig, spec_augment
 from pcas_cli.writing import write_json
@@ -42,6 +41,7 @@ from pcas_cli.writing import write_json
 class DiagnoseConfig:
     run: Path = Path("data/runs/synth-avss")  # run folder (reads features/, ckpt/<listener>.pt)
     listener: str = "tvp"  # listener checkpoint to examine: ckpt/<listener>.pt ("" = skip 1 and 2)
+    co_listener: str = "ast"  # combined with it as align / refine / pseudo-label do (geometric mean); "" = alone
     thresholds: tuple[float, ...] = (0.3, 0.5, 0.7)  # listener probabilities at which a class counts as heard
     probe_steps: int = 0  # > 0: train a per-second supervised audio probe for this many steps (3.)
     probe_batch: int = 32  # seconds per probe step
@@ -81,12 +81,12 @@ def heard_stats(cache: AudioCache, features: ArtifactReader, targets: np.ndarray
 
 
 def listener_report(cfg: DiagnoseConfig, device: torch.device) -> dict[str, Any]:
-    audio, prompt_visual, ckpt = listener(run_paths(cfg.run)["ckpt"] / f"{cfg.listener}.pt", device)
-    out: dict[str, Any] = {"listener": cfg.listener, "listener_id": ckpt["artifact_id"]}
+    names = listener_names(cfg.listener, cfg.co_listener)
+    out: dict[str, Any] = {"listener": " x ".join(names)}
     for split in ("train", "val"):
         feats = open_features(cfg.run, split)
         targets, has = second_targets(feats)
-        cache = build_audio_cache(feats, audio, prompt_visual, device, desc=f"listening ({split})")
+        cache, _, out["listener_ids"] = listen(run_paths(cfg.run)["ckpt"], names, feats, device, split)
         probs = cache.probs.numpy()
         out[split] = {"map": mean_average_precision(probs[has], targets[has]), "chance_map": chance_map(targets[has]),
                       "frames_sounding": float(targets.any(-1)[has].mean()), "frames": int(has.sum())}
@@ -147,7 +147,7 @@ def print_report(report: dict[str, Any]) -> None:
         table.add_column(col)
     if "train" in report:
         tr, va = report["train"], report["val"]
-        table.add_row(f"listener {report['listener']}.pt per-second mAP", f"{tr['map']:.3f}", f"{va['map']:.3f}",
+        table.add_row(f"listener {report['listener']} per-second mAP", f"{tr['map']:.3f}", f"{va['map']:.3f}",
                       f"{va['chance_map']:.3f}")
         for h in report["heard"]:
             table.add_row(f"heard at p > {h['threshold']}: frames / precision / recall",

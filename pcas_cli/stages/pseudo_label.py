@@ -1,8 +1,9 @@
 """`pcas pseudo-label`: audio-guided class activation maps -> per-frame sounding-object masks (paper §3, Fig. 1).
 
 For frame t of a clip:
-1. Which classes sound now: the frozen listener's per-second probabilities p_t (TVP audio encoder). On the train
-   split they may be intersected with the video labels; on val/test only predictions are used, never ground truth.
+1. Which classes sound now: the frozen listener's per-second probabilities p_t (TVP audio encoder), by default
+   confirmed by the audio-only listener (geometric mean of the two, `_common.listen`). On the train split they may
+   be intersected with the video labels; on val/test only predictions are used, never ground truth.
    (The visual-only CAM baseline uses the visual classifier's probabilities instead and no audio.)
 2. Class maps: multi-scale + flip CAMs of the visual classifier (ToCo), per-class min-max normalised, absent classes
    zeroed, then sharpened by the audio-patch similarity cos(P_v(patch), P_a(a_t)) learned by CMC/CMPC:
@@ -35,8 +36,8 @@ from pcas_cli.console import CONSOLE, progress
 from pcas_cli.errors import PcasError
 from pcas_cli.metrics import BinaryMIoU, SemanticScores
 from pcas_cli.provenance import make_provenance
-from pcas_cli.stages._common import (build_audio_cache, feature_key, frames_to_tensor, listener, open_features,
-                                     resolve_device, run_paths, stage_config, visual_from_checkpoint)
+from pcas_cli.stages._common import (feature_key, frames_to_tensor, listen, listener_names, open_features, resolve_device,
+                                     run_paths, stage_config, visual_from_checkpoint)
 from pcas_cli.stages._predict import write_predictions
 
 
@@ -46,6 +47,8 @@ class PseudoLabelConfig:
     split: str = "test"  # split to label: train | val | test (val first: it chooses the threshold)
     weights: str = "refine"  # visual weights: ckpt/<weights>.pt (refine, align, or visual for the CAM baseline)
     listener: str = "tvp"  # ckpt/<listener>.pt says which classes sound; "" = visual-only (CAM baseline)
+    co_listener: str = "ast"  # presence = geometric mean with this listener's probabilities (ckpt/<co_listener>.pt;
+    # the audio-only listener confirms what TVP hears, see `listen`); "" = the listener alone
     mode: Literal["cam", "similarity"] = "cam"  # class maps from CAMs, or from audio-patch similarity (baseline)
     out: str = "pseudo"  # output folder under the run: <out>/<split>.h5
     presence_thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)  # swept on val: class c counts in frame t
@@ -90,9 +93,9 @@ class MapMaker:
         self.inputs = {feature_key(cfg.split): features.artifact_id, f"ckpt/{cfg.weights}.pt": wck["artifact_id"]}
         self.cache = None
         if cfg.listener:
-            audio, prompt_visual, lck = listener(ckpt_dir / f"{cfg.listener}.pt", device)
-            self.inputs[f"ckpt/{cfg.listener}.pt"] = lck["artifact_id"]
-            self.cache = build_audio_cache(features, audio, prompt_visual, device, desc=f"listening ({cfg.split})")
+            self.cache, _, ids = listen(ckpt_dir, listener_names(cfg.listener, cfg.co_listener), features, device,
+                                        cfg.split)
+            self.inputs.update(ids)
         if cfg.mode == "similarity" and not (self.cache is not None and self.model.has_projections):
             raise PcasError("similarity mode needs a listener and weights with projection heads (align / refine)")
         # CAM mode with a listener and projection heads can sharpen CAMs by the audio-patch similarity
