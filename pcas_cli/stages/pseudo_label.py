@@ -51,7 +51,7 @@ class PseudoLabelConfig:
     # the audio-only listener confirms what TVP hears, see `listen`); "" = the listener alone
     mode: Literal["cam", "similarity"] = "cam"  # class maps from CAMs, or from audio-patch similarity (baseline)
     out: str = "pseudo"  # output folder under the run: <out>/<split>.h5
-    presence_thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)  # swept on val: class c counts in frame t
+    presence_thresholds: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)  # swept on val: class c counts in frame t
     # when its probability (audio, or visual for the CAM baseline) exceeds the threshold
     train_use_labels: bool = True  # on train, also require the class to be in the clip's video labels
     sim_alphas: tuple[float, ...] = (0.0, 0.5, 1.0)  # swept on val: exponent of the similarity sharpening
