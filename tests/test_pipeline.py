@@ -180,6 +180,22 @@ def test_diagnose_reports_listener_heard_frames_and_probe(run_dir: Path) -> None
     shares = [h["frames_heard"] for h in report["heard"]]
     assert shares == sorted(shares, reverse=True)  # a higher threshold never hears more
     assert report["probe"]["steps"] == 3 and 0.0 <= report["probe"]["val_map"] <= 1.0
+    assert report["listener"] == "tvp x ast" and set(report["listener_ids"]) == {"ckpt/tvp.pt", "ckpt/ast.pt"}
+    assert 0.0 <= report["val"]["exact_set"] <= 1.0 and 0.0 <= report["val"]["silent_heard"] <= 1.0
+
+
+def test_second_decisions_hand_values() -> None:
+    from pcas_cli.stages.diagnose import second_decisions
+
+    probs = np.array([[[0.9, 0.1], [0.6, 0.7], [0.2, 0.3], [0.8, 0.2]]])  # 1 clip, 4 seconds, 2 classes
+    targets = np.array([[[1, 0], [1, 0], [0, 0], [0, 0]]], bool)  # seconds 2 and 3 are silent
+    has = np.array([[True, True, True, True]])
+    d = second_decisions(probs, targets, has, 0.5)
+    assert d["exact_set"] == 0.5  # seconds 0 and 2 right; 1 hears an extra class; 3 hears a silent one
+    assert d["silent_heard"] == 0.5 and d["silent_seconds"] == 2
+    has[0, 3] = False  # a second without a mask is not scored
+    assert second_decisions(probs, targets, has, 0.5) == {"exact_set": 2 / 3, "silent_heard": 0.0,
+                                                          "silent_seconds": 1, "decision_threshold": 0.5}
 
 
 def test_same_seed_same_weights(run_dir: Path, tmp_path: Path) -> None:

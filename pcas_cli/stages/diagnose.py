@@ -2,7 +2,10 @@
 
 1. Listening: the frozen listener's per-second mAP on train and on val, beside chance (the mean per-second class
    prevalence, the AP of a constant score). Near chance on both splits: it does not learn (underfits); high on
-   train only: it memorises the train clips (overfits).
+   train only: it memorises the train clips (overfits). Also the per-second exact-set accuracy and the share of
+   silent seconds in which it hears something (a TVP listener alone reports visible objects there). By default the
+   listener is combined with the audio-only co-listener as align / refine / pseudo-label use it; compare with
+   `--set co_listener='""'`.
 2. What align / refine get from it: the share of train frames in which a video-labelled class is heard at
    p > threshold (their audio positives), and the precision / recall of those classes against the train masks.
 3. Optional probe (`--probe-steps N`): a fresh audio encoder of the configured size trained for N steps on the
@@ -43,6 +46,7 @@ class DiagnoseConfig:
     listener: str = "tvp"  # listener checkpoint to examine: ckpt/<listener>.pt ("" = skip 1 and 2)
     co_listener: str = "ast"  # combined with it as align / refine / pseudo-label do (geometric mean); "" = alone
     thresholds: tuple[float, ...] = (0.3, 0.5, 0.7)  # listener probabilities at which a class counts as heard
+    decision_threshold: float = 0.5  # for the per-second exact-set accuracy and the silent seconds heard
     probe_steps: int = 0  # > 0: train a per-second supervised audio probe for this many steps (3.)
     probe_batch: int = 32  # seconds per probe step
     probe_lr: float = 1e-3  # AdamW peak learning rate of the probe (one-cycle schedule)
@@ -80,6 +84,18 @@ def heard_stats(cache: AudioCache, features: ArtifactReader, targets: np.ndarray
             "precision": tp / max(tp + fp, 1), "recall": tp / max(tp + fn, 1)}
 
 
+def second_decisions(probs: np.ndarray, targets: np.ndarray, has: np.ndarray, threshold: float) -> dict[str, float]:
+    """Per-second decisions at p > threshold: the share of seconds whose set of heard classes is exactly right, and
+    the share of silent seconds (no sounding class in the mask) in which some class is heard (hallucinations).
+
+    probs (N, T, C) float, targets (N, T, C) bool, has (N, T) bool."""
+    heard = probs > threshold
+    silent = has & ~targets.any(-1)
+    return {"exact_set": float((heard == targets).all(-1)[has].mean()) if has.any() else 0.0,
+            "silent_heard": float(heard.any(-1)[silent].mean()) if silent.any() else 0.0,
+            "silent_seconds": int(silent.sum()), "decision_threshold": threshold}
+
+
 def listener_report(cfg: DiagnoseConfig, device: torch.device) -> dict[str, Any]:
     names = listener_names(cfg.listener, cfg.co_listener)
     out: dict[str, Any] = {"listener": " x ".join(names)}
@@ -89,7 +105,8 @@ def listener_report(cfg: DiagnoseConfig, device: torch.device) -> dict[str, Any]
         cache, _, out["listener_ids"] = listen(run_paths(cfg.run)["ckpt"], names, feats, device, split)
         probs = cache.probs.numpy()
         out[split] = {"map": mean_average_precision(probs[has], targets[has]), "chance_map": chance_map(targets[has]),
-                      "frames_sounding": float(targets.any(-1)[has].mean()), "frames": int(has.sum())}
+                      "frames_sounding": float(targets.any(-1)[has].mean()), "frames": int(has.sum()),
+                      **second_decisions(probs, targets, has, cfg.decision_threshold)}
         if split == "train":
             out["heard"] = [heard_stats(cache, feats, targets, has, t) for t in cfg.thresholds]
     return out
@@ -149,6 +166,8 @@ def print_report(report: dict[str, Any]) -> None:
         tr, va = report["train"], report["val"]
         table.add_row(f"listener {report['listener']} per-second mAP", f"{tr['map']:.3f}", f"{va['map']:.3f}",
                       f"{va['chance_map']:.3f}")
+        table.add_row(f"exact set / silent seconds heard at p > {tr['decision_threshold']}",
+                      *(f"{d['exact_set']:.2f} / {d['silent_heard']:.2f}" for d in (tr, va)), "")
         for h in report["heard"]:
             table.add_row(f"heard at p > {h['threshold']}: frames / precision / recall",
                           f"{h['frames_heard']:.2f} / {h['precision']:.2f} / {h['recall']:.2f}", "",
