@@ -142,8 +142,12 @@ $(RUNS)/%/metrics/supervised.json: $(RUNS)/%/supervised/test.h5 stages/eval.toml
 $(RUNS)/%/metrics/seg.json: $(RUNS)/%/seg/test.h5 stages/eval.toml
 	$(EVAL) --name "PCAS + segmentation network"
 
+# What align / refine / pseudo-label hear (tvp.pt confirmed by ast.pt), per second on val: Table 3's last row.
+$(RUNS)/%/metrics/listeners.json: $(RUNS)/%/ckpt/tvp.pt $(RUNS)/%/ckpt/ast.pt stages/diagnose.toml
+	$(PCAS) diagnose --run $(RUNS)/$* --set out=listeners $(PRESET)
+
 # "visible" needs the generator's visible-object maps, which only the AVSS layout stores.
-WEAK_METRICS = pcas pcas-crf cam similarity background
+WEAK_METRICS = pcas pcas-crf cam similarity background listeners
 run_metrics = $(foreach m,$(2),$(RUNS)/$(1)/metrics/$(m).json) $(RUNS)/$(1)/ckpt/ast.pt
 
 REPRODUCE = $(call run_metrics,synth-s4,$(WEAK_METRICS)) $(call run_metrics,synth-ms3,$(WEAK_METRICS)) \

@@ -335,10 +335,10 @@ def diagnose(
     probe_steps: Optional[int] = typer.Option(None, help="also train a per-second supervised audio probe for this "
                                                          "many steps (config default: 0 = off)"),
     device: Optional[str] = DeviceOpt,
-    config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
+    config: Optional[Path] = ConfigOpt, preset: Optional[str] = PresetOpt, set_: Optional[List[str]] = SetOpt,
 ) -> None:
     """Why a run does not learn: listener mAP on train vs val vs chance, what align/refine hear, an audio probe."""
-    _call("diagnose", config, None, set_, run=run, listener=listener, probe_steps=probe_steps, device=device)
+    _call("diagnose", config, preset, set_, run=run, listener=listener, probe_steps=probe_steps, device=device)
 
 
 @app.command()

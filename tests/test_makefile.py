@@ -57,9 +57,19 @@ def test_a_data_set_preset_applies_to_its_runs_only(tmp_path: Path) -> None:
     assert "pcas train-visual --run data/runs/avdigits-avss --preset avdigits" in out
     assert "pcas train-tvp --run data/runs/avdigits-avss --tvp --preset avdigits" in out
     assert "pcas refine --run data/runs/avdigits-avss --name refine-cmpc" in out
+    stages = set()
     for line in out.splitlines():
         stage = line.split()[1]
         assert ("--preset avdigits" in line) == (stage not in ("eval", "crf", "baseline")), line
+        stages.add(stage)
+    from typer.testing import CliRunner
+
+    from pcas_cli.cli import app
+
+    assert {"extract", "train-visual", "train-tvp", "align", "refine", "pseudo-label", "diagnose", "train-supervised",
+            "train-seg"} <= stages
+    for stage in stages - {"eval", "crf", "baseline"}:  # each command that gets --preset accepts it
+        assert "--preset" in CliRunner().invoke(app, [stage, "--help"], terminal_width=200).output, stage
     (tmp_path / "synth").mkdir()
     synth = _commands_after_touching(tmp_path / "synth", "presets/avdigits.toml", target="reproduce")
     assert synth == ""

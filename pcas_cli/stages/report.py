@@ -110,14 +110,30 @@ def table3(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
     lines = ["| Setting | " + " | ".join(f"{n} mAP | {n} exact-set acc." for _, n in layouts) + " |",
              "|---|" + "---|---|" * len(layouts)]
     data: dict[str, Any] = {}
-    for stem, label in (("ast", "AST"), ("tvp", "AST + TVP")):
+    for stem, label in TABLE3_ROWS:
         cells = []
         for layout, _ in layouts:
-            m = metrics_of(cfg.runs, f"{cfg.prefix}-{layout}", f"audio-{stem}")
-            data.setdefault(stem, {})[layout] = m and {k: m[k] for k in ("map", "exact_acc", "frames")}
+            m = listener_scores(cfg.runs, f"{cfg.prefix}-{layout}", stem)
+            data.setdefault(stem, {})[layout] = m
             cells += ["–", "–"] if m is None else [f"{m['map']:.3f}", f"{m['exact_acc']:.3f}"]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines, data
+
+
+# Table 3 rows: train-tvp's val scores of each listener (metrics/audio-<stem>.json), and the two combined as align /
+# refine / pseudo-label hear (`pcas diagnose --set out=listeners`, metrics/listeners.json).
+TABLE3_ROWS = (("ast", "AST"), ("tvp", "AST + TVP"),
+               ("listeners", "AST + TVP, confirmed by AST (geometric mean; what PCAS uses)"))
+
+
+def listener_scores(runs: Path, run: str, stem: str) -> dict[str, Any] | None:
+    """Per-second val mAP, exact-set accuracy (p > 0.5) and scored seconds of one Table 3 row, or None."""
+    if stem == "listeners":
+        m = metrics_of(runs, run, "listeners")
+        v = m and m.get("val")
+        return v and {"map": v["map"], "exact_acc": v["exact_set"], "frames": v["frames"]}
+    m = metrics_of(runs, run, f"audio-{stem}")
+    return m and {k: m[k] for k in ("map", "exact_acc", "frames")}
 
 
 def table4(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
