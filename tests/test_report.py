@@ -33,7 +33,8 @@ def test_tables_and_readme_block(tmp_path: Path, monkeypatch) -> None:
     assert "| PCAS | 60.00 | 50.00 | – | – |" in text  # Table 1: F then mIoU, x100, MS3 missing
     assert "| Weakly supervised | PCAS | 45.00 | 40.00 | 40.00 | 80.0% |" in text  # 0.4 / 0.5 of the bound
     assert "| AST + TVP | – | – | – | – | 0.800 | 0.500 |" in text
-    assert "| AST + TVP, confirmed by AST (geometric mean; what PCAS uses) | 0.900 | 0.700 | – | – | – | – |" in text
+    assert "| AST + TVP, confirmed by AST (geometric mean; what PCAS uses) | 0.900 | 0.700 | – | – | – | – |" \
+        in text
     assert "| x-avss | `refine --no-cmc` | 12.5 | 900 |" in text
     assert "| ring | 19.00 | 3.00 | -16.00 |" in text and "| drum | 50.00 | 60.00 | +10.00 |" in text  # CRF check
     data = json.loads((tmp_path / "results/x.json").read_text())

@@ -16,7 +16,8 @@ For frame t of a clip:
 Three settings are chosen on val, jointly (a grid sweep scored against the val masks, the only use of ground truth
 here): the presence threshold (a class sounds in frame t when its probability exceeds it), the background threshold
 and the similarity exponent alpha. All are recorded in val's artifact; other splits read them from there, so test
-never tunes on test. The CAM baseline gets the same sweep over its visual presence probabilities, so the comparison is fair.
+never tunes on test. The CAM baseline gets the same sweep over its visual presence probabilities, so the comparison
+is fair.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ from pcas_cli.console import CONSOLE, progress
 from pcas_cli.errors import PcasError
 from pcas_cli.metrics import BinaryMIoU, SemanticScores
 from pcas_cli.provenance import make_provenance
-from pcas_cli.stages._common import (feature_key, frames_to_tensor, listen, listener_names, open_features, resolve_device,
-                                     run_paths, stage_config, visual_from_checkpoint)
+from pcas_cli.stages._common import (feature_key, frames_to_tensor, listen, listener_names, open_features,
+                                     resolve_device, run_paths, stage_config, visual_from_checkpoint)
 from pcas_cli.stages._predict import write_predictions
 
 
