@@ -186,6 +186,12 @@ def load_state(module: nn.Module, state: dict[str, Tensor], prefix: str, path: P
         raise fail(path, f"weights do not fit the model ({str(e).splitlines()[0]})") from None
 
 
+def weights_stage(name: str) -> str:
+    """The stage that writes ckpt/<name>.pt, from its name: visual -> train-visual, align[-*] -> align, else refine
+    (refine, refine-*). `visual_from_checkpoint` then checks the file really is that stage's."""
+    return {"visual": "train-visual", "align": "align"}.get(name.split("-")[0], "refine")
+
+
 def visual_from_checkpoint(path: Path, stage: str) -> tuple[PCASModel, dict[str, Any]]:
     """Rebuild the PCAS model bundle saved by `stage` (train-visual, align or refine) and load its weights."""
     ckpt = load_weights(path, stage)
