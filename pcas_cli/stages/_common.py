@@ -283,7 +283,7 @@ def listener_names(listener: str, co_listener: str) -> tuple[str, ...]:
 
 
 def listen(ckpt_dir: Path, names: Sequence[str], features: ArtifactReader, device: torch.device, split: str,
-           fresh_against: dict[str, str] | None = None) -> tuple[AudioCache, int, dict[str, str]]:
+           fresh_against: dict[str, str] | None = None) -> tuple[AudioCache, dict[str, str]]:
     """What the frozen listeners hear in one split: audio tokens a_t of the first listener, and per-second class
     probabilities p_t = the geometric mean over all listeners (a product of experts: a class sounds where every
     listener hears it).
@@ -292,23 +292,22 @@ def listen(ckpt_dir: Path, names: Sequence[str], features: ArtifactReader, devic
     data it hears a class in 75% of silent val seconds; the audio-only AST in 19%). Confirming it by an audio-only
     listener keeps TVP's recognition and removes the hallucinations (README, "Which classes sound").
 
-    Each checkpoint is checked against `fresh_against` (refused when stale). Returns the cache, the first listener's
-    token width, and {"ckpt/<name>.pt": artifact id} for provenance.
+    Each checkpoint is checked against `fresh_against` (refused when stale). Returns the cache and
+    {"ckpt/<name>.pt": artifact id} for provenance.
     """
     if not names:
         raise PcasError("listen: no listener given")
-    caches, ids, width = [], {}, 0
+    caches, ids = [], {}
     for name in names:
         path = ckpt_dir / f"{name}.pt"
         audio, prompt_visual, ckpt = listener(path, device)
         if fresh_against:
             check_fresh(path, ckpt, fresh_against)
         ids[f"ckpt/{name}.pt"] = ckpt["artifact_id"]
-        width = width or audio.embed_dim
         caches.append(build_audio_cache(features, audio, prompt_visual, device,
                                         desc=f"listening ({split}, {name})"))
     probs = torch.stack([c.probs for c in caches]).clamp_min(1e-12).log().mean(dim=0).exp()  # (N, T, C)
-    return AudioCache(caches[0].tokens, probs, caches[0].clip_ids), width, ids
+    return AudioCache(caches[0].tokens, probs, caches[0].clip_ids), ids
 
 
 def frame_classes_from_masks(masks: np.ndarray, mask_valid: np.ndarray, labels: np.ndarray, task: str) -> np.ndarray:

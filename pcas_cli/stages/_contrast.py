@@ -191,9 +191,10 @@ def run_contrast(cfg: ContrastConfig, stage: str, default_init: str) -> Path:
     model, init_ckpt = visual_from_checkpoint(init_path, init_stage)
     inputs = {feature_key("train"): train.artifact_id, f"ckpt/{init}.pt": init_ckpt["artifact_id"]}
     check_fresh(init_path, init_ckpt, inputs)
-    cache, audio_dim, listener_ids = listen(ckpt_dir, listener_names(cfg.listener, cfg.co_listener), train, device,
-                                            "train", fresh_against=inputs)
+    cache, listener_ids = listen(ckpt_dir, listener_names(cfg.listener, cfg.co_listener), train, device, "train",
+                                 fresh_against=inputs)
     inputs.update(listener_ids)
+    audio_dim = cache.tokens.shape[-1]
     if not model.has_projections:  # starting from visual.pt: add the shared-space heads
         model = PCASModel(model.visual, audio_dim, cfg.proj)
     share = sounding_share(cache, train, cfg.audio_threshold)

@@ -96,13 +96,15 @@ def second_decisions(probs: np.ndarray, targets: np.ndarray, has: np.ndarray, th
             "silent_seconds": int(silent.sum()), "decision_threshold": threshold}
 
 
-def listener_report(cfg: DiagnoseConfig, device: torch.device) -> dict[str, Any]:
+Targets = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> second_targets of that split
+
+
+def listener_report(cfg: DiagnoseConfig, device: torch.device, split_targets: Targets) -> dict[str, Any]:
     names = listener_names(cfg.listener, cfg.co_listener)
     out: dict[str, Any] = {"listener": " x ".join(names)}
-    for split in ("train", "val"):
+    for split, (targets, has) in split_targets.items():
         feats = open_features(cfg.run, split)
-        targets, has = second_targets(feats)
-        cache, _, out["listener_ids"] = listen(run_paths(cfg.run)["ckpt"], names, feats, device, split)
+        cache, out["listener_ids"] = listen(run_paths(cfg.run)["ckpt"], names, feats, device, split)
         probs = cache.probs.numpy()
         out[split] = {"map": mean_average_precision(probs[has], targets[has]), "chance_map": chance_map(targets[has]),
                       "frames_sounding": float(targets.any(-1)[has].mean()), "frames": int(has.sum()),
@@ -112,9 +114,8 @@ def listener_report(cfg: DiagnoseConfig, device: torch.device) -> dict[str, Any]
     return out
 
 
-def probe_data(features: ArtifactReader) -> tuple[torch.Tensor, torch.Tensor]:
+def probe_data(features: ArtifactReader, targets: np.ndarray, has: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Seconds with a mask: fbank (S, F, M) float16 and per-second classes (S, C) float."""
-    targets, has = second_targets(features)
     x = np.concatenate([features.read("fbank", i)[has[i]] for i in range(len(features))])
     return torch.from_numpy(x), torch.from_numpy(targets[has]).float()
 
@@ -127,10 +128,10 @@ def _probe_scores(model: torch.nn.Module, x: torch.Tensor, device: torch.device,
     return torch.cat(out).numpy()
 
 
-def probe_report(cfg: DiagnoseConfig, device: torch.device) -> dict[str, Any]:
+def probe_report(cfg: DiagnoseConfig, device: torch.device, split_targets: Targets) -> dict[str, Any]:
     seed_everything(cfg.seed)
     train, val = open_features(cfg.run, "train"), open_features(cfg.run, "val")
-    (x_tr, y_tr), (x_va, y_va) = probe_data(train), probe_data(val)
+    (x_tr, y_tr), (x_va, y_va) = probe_data(train, *split_targets["train"]), probe_data(val, *split_targets["val"])
     if not len(x_tr) or not len(x_va):
         raise PcasError(f"{cfg.run}: the probe needs masked seconds in train and val")
     spec = {"num_classes": y_tr.shape[1], "n_mels": train.dims["M"], "frames_per_second": train.dims["F"],
@@ -182,10 +183,12 @@ def print_report(report: dict[str, Any]) -> None:
 def run(cfg: DiagnoseConfig) -> Path:
     device = resolve_device(cfg.device)
     report: dict[str, Any] = {"run": str(cfg.run), "config": stage_config(cfg)}
+    # the masks of train and val are read once, for both parts
+    split_targets = {s: second_targets(open_features(cfg.run, s)) for s in ("train", "val")}
     if cfg.listener:
-        report.update(listener_report(cfg, device))
+        report.update(listener_report(cfg, device, split_targets))
     if cfg.probe_steps > 0:
-        report["probe"] = probe_report(cfg, device)
+        report["probe"] = probe_report(cfg, device, split_targets)
     print_report(report)
     out = write_json(run_paths(cfg.run)["metrics"] / f"{cfg.out}.json", report)
     CONSOLE.print(f"[green]wrote[/green] {out}")

@@ -93,8 +93,8 @@ class MapMaker:
         self.inputs = {feature_key(cfg.split): features.artifact_id, f"ckpt/{cfg.weights}.pt": wck["artifact_id"]}
         self.cache = None
         if cfg.listener:
-            self.cache, _, ids = listen(ckpt_dir, listener_names(cfg.listener, cfg.co_listener), features, device,
-                                        cfg.split)
+            self.cache, ids = listen(ckpt_dir, listener_names(cfg.listener, cfg.co_listener), features, device,
+                                     cfg.split)
             self.inputs.update(ids)
         if cfg.mode == "similarity" and not (self.cache is not None and self.model.has_projections):
             raise PcasError("similarity mode needs a listener and weights with projection heads (align / refine)")
