@@ -24,8 +24,13 @@ def test_tables_and_readme_block(tmp_path: Path, monkeypatch) -> None:
     (runs / "x-s4/metrics/listeners.json").write_text(json.dumps({"val": {"map": 0.9, "exact_set": 0.7,
                                                                            "frames": 10}}))
     timings = tmp_path / "timings.jsonl"
-    timings.write_text(json.dumps({"command": "refine", "argv": ["--run", str(runs / "x-avss"), "--no-cmc"],
-                                   "seconds": 12.5, "peak_rss_mb": 900.0}) + "\n")
+    log = [("refine", ["--no-cmc"], 12.5),
+           # the same output written twice with other options: only the latest run is shown
+           ("refine", ["--name", "refine-cmpc", "--init", "visual"], 30.0),
+           ("refine", ["--name", "refine-cmpc", "--init", "align-nocmc"], 20.0),
+           ("pseudo-label", ["--split", "val", "--out", "ablations/cmpc"], 5.0)]
+    timings.write_text("".join(json.dumps({"command": c, "argv": ["--run", str(runs / "x-avss"), *a], "seconds": t,
+                                           "peak_rss_mb": 900.0}) + "\n" for c, a, t in log))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "README.md").write_text(f"intro\n{README_START}\nold\n{README_END}\noutro\n")
     md = run(ReportConfig(runs=runs, out=tmp_path / "results", prefix="x", timings=timings))
@@ -36,6 +41,8 @@ def test_tables_and_readme_block(tmp_path: Path, monkeypatch) -> None:
     assert "| AST + TVP, confirmed by AST (geometric mean; what PCAS uses) | 0.900 | 0.700 | – | – | – | – |" \
         in text
     assert "| x-avss | `refine --no-cmc` | 12.5 | 900 |" in text
+    assert "| x-avss | `refine --name refine-cmpc --init align-nocmc` | 20.0 | 900 |" in text
+    assert "--init visual" not in text and "| all | | 37.5 | 900 |" in text
     assert "| ring | 19.00 | 3.00 | -16.00 |" in text and "| drum | 50.00 | 60.00 | +10.00 |" in text  # CRF check
     data = json.loads((tmp_path / "results/x.json").read_text())
     assert data["table2"]["pcas"]["relative_to_supervised"] == 0.8

@@ -232,15 +232,20 @@ def timing_table(cfg: ReportConfig) -> tuple[list[str], list[dict[str, Any]]]:
         run = run or next((Path(a).parent.parent.name for a in argv if a.endswith(".h5")), "")
         if not run.startswith(cfg.prefix):
             continue
-        detail = _describe_argv(argv)
-        latest[(run, f"{rec['command']} {detail}".strip())] = rec
-    rows = [{"run": r, "command": c, "seconds": v["seconds"], "peak_rss_mb": v["peak_rss_mb"]}
-            for (r, c), v in sorted(latest.items())]
+        # Keyed by what the command writes, so a rerun with other options replaces the old row instead of adding one.
+        latest[(run, rec["command"], *_output_of(argv))] = {**rec, "detail": _describe_argv(argv)}
+    rows = [{"run": k[0], "command": f"{k[1]} {v['detail']}".strip(), "seconds": v["seconds"],
+             "peak_rss_mb": v["peak_rss_mb"]} for k, v in sorted(latest.items())]
     lines = ["| run | command | wall time (s) | peak memory (MiB) |", "|---|---|---|---|"]
     lines += [f"| {r['run']} | `{r['command']}` | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} |" for r in rows]
     total = sum(r["seconds"] for r in rows)
     lines.append(f"| all | | {total:.1f} | {max((r['peak_rss_mb'] for r in rows), default=0):.0f} |")
     return lines, rows
+
+
+def _output_of(argv: list[str]) -> tuple[str, ...]:
+    """The options of a logged command that name what it writes (--name, --out, --split), in argv order."""
+    return tuple(f"{a}={argv[i + 1]}" for i, a in enumerate(argv[:-1]) if a in ("--name", "--out", "--split"))
 
 
 def _describe_argv(argv: list[str]) -> str:
