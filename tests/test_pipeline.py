@@ -212,20 +212,23 @@ def test_same_seed_same_weights(run_dir: Path, tmp_path: Path) -> None:
 
 def test_table4_control_trains_the_classifier_alone(run_dir: Path, tmp_path: Path) -> None:
     """With CMC, CMPC and CMCC all off, align / refine train the classification loss alone (Table 4's control), and
-    refine starts from any align-* checkpoint."""
+    refine starts from any visual-model checkpoint, whatever its name (the stage is read from the file)."""
     run2 = tmp_path / "run"
     shutil.copytree(run_dir, run2)
     r = ["--run", str(run2), "--epochs", "1", "--device", "cpu", *TINY_OPTIM]
-    pcas("align", *r, "--name", "align-nocmc", "--no-cmc")
-    pcas("refine", *r, "--name", "refine-none", "--init", "align-nocmc", "--no-cmc", "--no-cmpc", "--no-cmcc")
-    for name in ("align-nocmc", "refine-none"):
+    pcas("align", *r, "--name", "ctrl", "--no-cmc")
+    # "ctrl" does not say which stage made it
+    pcas("refine", *r, "--name", "refine-none", "--init", "ctrl", "--no-cmc", "--no-cmpc", "--no-cmcc")
+    wrong = CliRunner().invoke(app, ["refine", *r, "--name", "x", "--init", "tvp"])  # a listener is no visual model
+    assert wrong.exit_code != 0 and "made by stage 'train-visual' or 'align' or 'refine'" in str(wrong.exception)
+    for name in ("ctrl", "refine-none"):
         rows = [json.loads(line) for line in (run2 / f"ckpt/{name}.log.jsonl").read_text().splitlines()]
         epochs = [row for row in rows if row["kind"] == "epoch"]
         assert epochs and set(epochs[-1]["train"]) == {"cls", "loss"}  # no contrastive term was computed
     from pcas_cli.training.checkpoint import load_checkpoint
 
     inputs = load_checkpoint(run2 / "ckpt/refine-none.pt")["provenance"]["inputs"]
-    assert inputs["ckpt/align-nocmc.pt"] == load_checkpoint(run2 / "ckpt/align-nocmc.pt")["artifact_id"]
+    assert inputs["ckpt/ctrl.pt"] == load_checkpoint(run2 / "ckpt/ctrl.pt")["artifact_id"]
     pcas("pseudo-label", "--run", str(run2), "--device", "cpu", "--set", "scales=[1.0]", "--split", "val",
          "--weights", "refine-none", "--out", "ablations/none")
     assert (run2 / "ablations/none/val.h5").exists()

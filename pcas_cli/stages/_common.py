@@ -164,7 +164,7 @@ def base_spec(features: ArtifactReader, visual: VisualModelConfig) -> dict[str, 
             "task": features.task, "visual": to_dict(visual)}
 
 
-def load_weights(path: Path, stage: str) -> dict[str, Any]:
+def load_weights(path: Path, stage: str | tuple[str, ...]) -> dict[str, Any]:
     from pcas_cli.training.checkpoint import load_checkpoint
 
     return load_checkpoint(path, expect_stage=stage, expect_kind="artifact")
@@ -186,14 +186,14 @@ def load_state(module: nn.Module, state: dict[str, Tensor], prefix: str, path: P
         raise fail(path, f"weights do not fit the model ({str(e).splitlines()[0]})") from None
 
 
-def weights_stage(name: str) -> str:
-    """The stage that writes ckpt/<name>.pt, from its name: visual -> train-visual, align[-*] -> align, else refine
-    (refine, refine-*). `visual_from_checkpoint` then checks the file really is that stage's."""
-    return {"visual": "train-visual", "align": "align"}.get(name.split("-")[0], "refine")
+# The stages whose checkpoints hold a PCAS model bundle (visual encoder, classifier, optional projection heads).
+VISUAL_STAGES = ("train-visual", "align", "refine")
 
 
-def visual_from_checkpoint(path: Path, stage: str) -> tuple[PCASModel, dict[str, Any]]:
-    """Rebuild the PCAS model bundle saved by `stage` (train-visual, align or refine) and load its weights."""
+def visual_from_checkpoint(path: Path, stage: str | tuple[str, ...] = VISUAL_STAGES
+                           ) -> tuple[PCASModel, dict[str, Any]]:
+    """Rebuild the PCAS model bundle saved by `stage` (by default any of train-visual, align, refine) and load its
+    weights."""
     ckpt = load_weights(path, stage)
     spec = ckpt["provenance"]["model_spec"]
     visual = build_visual({**spec, "visual": {**spec["visual"], "weights": "", "pretrained": False}})

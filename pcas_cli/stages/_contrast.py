@@ -32,7 +32,7 @@ from pcas_cli.provenance import make_provenance
 from pcas_cli.seed import seed_everything
 from pcas_cli.stages._common import (AudioCache, PCASModel, ProjectionConfig, check_fresh, feature_key, features_path,
                                      listen, listener_names, open_features, resolve_device, run_paths, stage_config,
-                                     visual_from_checkpoint, weights_stage)
+                                     visual_from_checkpoint)
 from pcas_cli.training.data import AugmentConfig, FrameDataset
 from pcas_cli.training.loop import OptimConfig, TrainTask, fit
 
@@ -186,9 +186,8 @@ def run_contrast(cfg: ContrastConfig, stage: str, default_init: str) -> Path:
     ckpt_dir = run_paths(cfg.run)["ckpt"]
     init = cfg.init or default_init
     init_path = ckpt_dir / f"{init}.pt"
-    init_stage = weights_stage(init)
     train = open_features(cfg.run, "train")
-    model, init_ckpt = visual_from_checkpoint(init_path, init_stage)
+    model, init_ckpt = visual_from_checkpoint(init_path)
     inputs = {feature_key("train"): train.artifact_id, f"ckpt/{init}.pt": init_ckpt["artifact_id"]}
     check_fresh(init_path, init_ckpt, inputs)
     cache, listener_ids = listen(ckpt_dir, listener_names(cfg.listener, cfg.co_listener), train, device, "train",

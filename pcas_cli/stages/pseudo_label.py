@@ -38,7 +38,7 @@ from pcas_cli.errors import PcasError
 from pcas_cli.metrics import BinaryMIoU, SemanticScores
 from pcas_cli.provenance import make_provenance
 from pcas_cli.stages._common import (feature_key, frames_to_tensor, listen, listener_names, open_features,
-                                     resolve_device, run_paths, stage_config, visual_from_checkpoint, weights_stage)
+                                     resolve_device, run_paths, stage_config, visual_from_checkpoint)
 from pcas_cli.stages._predict import write_predictions
 
 
@@ -88,7 +88,7 @@ class MapMaker:
     def __init__(self, cfg: PseudoLabelConfig, features: ArtifactReader, device: torch.device) -> None:
         self.cfg, self.features, self.device = cfg, features, device
         ckpt_dir = run_paths(cfg.run)["ckpt"]
-        self.model, wck = visual_from_checkpoint(ckpt_dir / f"{cfg.weights}.pt", weights_stage(cfg.weights))
+        self.model, wck = visual_from_checkpoint(ckpt_dir / f"{cfg.weights}.pt")
         self.model = self.model.to(device).eval()
         self.inputs = {feature_key(cfg.split): features.artifact_id, f"ckpt/{cfg.weights}.pt": wck["artifact_id"]}
         self.cache = None

@@ -74,13 +74,14 @@ def save_checkpoint(path: Path | str, payload: Mapping[str, Any]) -> Path:
     return path
 
 
-def load_checkpoint(path: Path | str, expect_stage: str | None = None, expect_kind: str | None = None,
+def load_checkpoint(path: Path | str, expect_stage: str | tuple[str, ...] | None = None, expect_kind: str | None = None,
                     verify: bool = True) -> dict[str, Any]:
     """Read a checkpoint onto the CPU, checking format, kind, stage and (for artifacts) the weights fingerprint.
 
     Args:
         path: the `.pt` file.
-        expect_stage: refuse a file written by another stage (e.g. "train-visual" for `visual.pt`).
+        expect_stage: refuse a file written by another stage (e.g. "train-visual" for `visual.pt`), or by none of
+            a tuple of stages.
         expect_kind: "artifact" or "resume"; None accepts both.
         verify: recompute an artifact's fingerprint and refuse it when the weights do not match `artifact_id`.
 
@@ -104,8 +105,10 @@ def load_checkpoint(path: Path | str, expect_stage: str | None = None, expect_ki
     kind = payload.get("kind")
     if expect_kind is not None and kind != expect_kind:
         raise fail(path, f"expected a {expect_kind} checkpoint, found a {kind} checkpoint")
-    if expect_stage is not None and payload.get("stage") != expect_stage:
-        raise fail(path, f"expected weights made by stage {expect_stage!r}, but this file was made by "
+    stages = (expect_stage,) if isinstance(expect_stage, str) else expect_stage
+    if stages is not None and payload.get("stage") not in stages:
+        wanted = " or ".join(repr(s) for s in stages)
+        raise fail(path, f"expected weights made by stage {wanted}, but this file was made by "
                          f"{payload.get('stage')!r}")
     if verify and kind == "artifact" and weights_fingerprint(payload["model"]) != payload.get("artifact_id"):
         raise fail(path, "weights do not match the recorded artifact_id (file damaged or edited); rerun the stage")
