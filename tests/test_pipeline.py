@@ -216,7 +216,10 @@ def test_table4_control_trains_the_classifier_alone(run_dir: Path, tmp_path: Pat
     run2 = tmp_path / "run"
     shutil.copytree(run_dir, run2)
     r = ["--run", str(run2), "--epochs", "1", "--device", "cpu", *TINY_OPTIM]
-    pcas("align", *r, "--name", "ctrl", "--no-cmc")
+    pcas("align", *r, "--name", "ctrl", "--no-cmc", "--set", "visual_lr_scale=0.5", "--set", "optim.log_every=1")
+    steps = [json.loads(line) for line in (run2 / "ckpt/ctrl.log.jsonl").read_text().splitlines()]
+    lrs = [row["lr"] for row in steps if row["kind"] == "step"]  # [visual encoder + classifier, projection heads]
+    assert lrs and all(len(lr) == 2 and lr[0] == pytest.approx(0.5 * lr[1]) for lr in lrs)
     # "ctrl" does not say which stage made it
     pcas("refine", *r, "--name", "refine-none", "--init", "ctrl", "--no-cmc", "--no-cmpc", "--no-cmcc")
     wrong = CliRunner().invoke(app, ["refine", *r, "--name", "x", "--init", "tvp"])  # a listener is no visual model

@@ -79,6 +79,9 @@ class ContrastConfig:
     cmpc_params: CMPCParams = field(default_factory=CMPCParams)  # CMPC thresholds
     cmcc_params: CMCCParams = field(default_factory=CMCCParams)  # CMCC crops
     proj: ProjectionConfig = field(default_factory=ProjectionConfig)  # shared-space projection heads
+    visual_lr_scale: float = 1.0  # the visual encoder and its classifier learn at optim.lr x this, the projection
+    # heads at optim.lr (the paper sets separate module learning rates, §4.1): a pretrained or already trained
+    # encoder can move slowly while the new heads catch up
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(optimizer="adamw", lr=3e-4, weight_decay=0.05,
                                                                    epochs=3, warmup_epochs=0.5, batch_size=32,
                                                                    clip_grad_norm=1.0))  # optimisation
@@ -110,6 +113,12 @@ class ContrastTask(TrainTask):
         self.cfg = cfg
         self.model = model
         self.cache = cache
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        visual = [p for p in model.visual.parameters() if p.requires_grad]
+        heads = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("visual.")]
+        groups = [{"params": visual, "lr": self.cfg.optim.lr * self.cfg.visual_lr_scale}]
+        return groups + ([{"params": heads}] if heads else [])
 
     def train_dataset(self) -> FrameDataset:
         return FrameDataset(features_path(self.cfg.run, "train"), fields=("frames", "labels"),
