@@ -69,7 +69,8 @@ def label_consistency(labels_a: Tensor, labels_b: Tensor) -> Tensor:
 
 
 def cmc_loss(audio: Tensor, video: Tensor, cls: Tensor, audio_labels: Tensor, video_labels: Tensor,
-             cls_labels: Tensor, temperature: float = 0.1, cross_modal_only: bool = False) -> Tensor:
+             cls_labels: Tensor, temperature: float = 0.1, cross_modal_only: bool = False,
+             video_patches: Tensor | None = None) -> Tensor:
     """Cross-Modal Contrast (paper §3.2.1, eq. 1): supervised contrast in the shared semantic space.
 
     The audio semantic tokens, video semantic tokens and video class tokens are pooled into one set of N anchors.
@@ -87,6 +88,11 @@ def cmc_loss(audio: Tensor, video: Tensor, cls: Tensor, audio_labels: Tensor, vi
         temperature: tau.
         cross_modal_only: contrast each anchor only against tokens of the other two kinds (positives and
             denominator), leaving same-kind pairs out.
+        video_patches: (Nv, P, D) the patch tokens `video` was pooled from. When given, an audio token and a video
+            are as similar as the audio token and the video's best-matching patch, max_p cos(a_i, patch_jp)
+            (multiple-instance matching as in EZ-VSL), in both directions; other pairs keep the pooled token. Why:
+            CMPC labels patches by their own similarity to the audio token, which aligning pooled tokens does not
+            train (measured: README, "Which patches sound").
     """
     z = F.normalize(torch.cat([audio, video, cls]).float(), dim=-1)  # (N, D)
     labels = torch.cat([audio_labels, video_labels, cls_labels]).float()  # (N, C)
@@ -98,7 +104,14 @@ def cmc_loss(audio: Tensor, video: Tensor, cls: Tensor, audio_labels: Tensor, vi
     if cross_modal_only:
         allowed &= kind[:, None] != kind[None, :]
     pos = label_consistency(labels, labels).bool() & allowed  # (N, N)
-    sim = (z @ z.T / temperature).masked_fill(~allowed, _NEG)  # (N, N)
+    cos = z @ z.T  # (N, N)
+    if video_patches is not None and len(audio) and len(video):
+        na, nv = len(audio), len(video)
+        patches = F.normalize(video_patches.float(), dim=-1)  # (Nv, P, D)
+        best = torch.einsum("id,jpd->ijp", z[:na], patches).amax(dim=-1)  # (Na, Nv)
+        cos[:na, na:na + nv] = best
+        cos[na:na + nv, :na] = best.T
+    sim = (cos / temperature).masked_fill(~allowed, _NEG)  # (N, N)
     log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)  # (N, N)
     n_pos = pos.sum(dim=1)  # (N,)
     has_pos = n_pos > 0

@@ -126,6 +126,31 @@ def test_cmc_loss_cross_modal_only() -> None:
     assert float(cross) == pytest.approx((L1E - 0.5) / 3, rel=1e-6)
 
 
+def test_cmc_loss_patch_matching_hand_values() -> None:
+    # audio a = (1,0) {0}; video v1 {0} with patches (1,0), (0,1) pooled to (1,1); video v2 {1} with patches (0,1),
+    # (0,1) pooled to (0,1); no class tokens; tau = 1. Audio-video pairs use the best patch: cos(a, v1) = 1,
+    # cos(a, v2) = 0; video-video pairs the pooled tokens: cos(v1, v2) = 1/sqrt(2).
+    # row a: positive v1 -> -log(e / (e + 1)) = log(1 + 1/e); row v1: positive a among (a: 1, v2: 1/sqrt 2)
+    # -> log(1 + e^(1/sqrt 2 - 1)); row v2: no positive, left out.
+    audio, lab_a = torch.tensor([[1.0, 0.0]]), torch.tensor([[1, 0]])
+    patches = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [0.0, 1.0]]])
+    video, lab_v = patches.amax(dim=1), torch.tensor([[1, 0], [0, 1]])
+    empty, empty_lab = torch.zeros(0, 2), torch.zeros(0, 2)
+    loss = cmc_loss(audio, video, empty, lab_a, lab_v, empty_lab, temperature=1.0, video_patches=patches)
+    expected = (math.log(1 + math.exp(-1)) + math.log(1 + math.exp(1 / math.sqrt(2) - 1))) / 2
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+    # pooled tokens instead: cos(a, v1) = 1/sqrt 2 -> a different loss
+    pooled = cmc_loss(audio, video, empty, lab_a, lab_v, empty_lab, temperature=1.0)
+    assert float(pooled) != pytest.approx(expected, rel=1e-3)
+    # gradients reach each video's best-matching patch only (max over patches)
+    torch.manual_seed(0)
+    leaf = torch.randn(2, 3, 2, requires_grad=True)
+    cmc_loss(audio, video, empty, lab_a, lab_v, empty_lab, temperature=1.0, video_patches=leaf).backward()
+    best = F.cosine_similarity(leaf.detach(), audio[None], dim=-1).argmax(dim=1)  # (2,)
+    has_grad = leaf.grad.abs().sum(dim=-1) > 0  # (2, 3)
+    assert has_grad.tolist() == F.one_hot(best, 3).bool().tolist()
+
+
 def _cmc_reference(z: torch.Tensor, labels: torch.Tensor, tau: float) -> float:
     """Loop-by-loop SupCon with a multi-label mask."""
     z = F.normalize(z, dim=-1)

@@ -3,7 +3,8 @@
 One step, for a batch of frames x_t with their clip's video labels y and the frozen listener's a_t, p_t:
 - cls:  ToCo multi-label loss of the visual classifier (keeps the CAM weights trained).
 - CMC (eq. 1): supervised contrast between z_audio = P_a(a_t), z_video = maxpool_n P_v(patch_n), z_cls = P_c(cls);
-  audio labels = y * [p_t > audio_threshold] (which of the video's classes sound *now*), visual labels = y.
+  audio labels = y * [p_t > audio_threshold] (which of the video's classes sound *now*), visual labels = y. An
+  audio-video pair is scored by the video's best-matching patch, max_n cos(z_audio, P_v(patch_n)) (cmc_patch_match).
 - CMPC (eq. 2): patch labels from cos(P_v(patch_n), z_audio) (high / low bands, per-frame min-max normalised;
   silent seconds ignored), then ToCo's patch token contrast on the encoder's final patch tokens.
 - CMCC (eq. 3): K random local crops per frame; a crop is positive when it covers sounding patches (by the CMPC
@@ -74,6 +75,9 @@ class ContrastConfig:
     cmpc: bool = False  # use CMPC (eq. 2)
     cmcc: bool = False  # use CMCC (eq. 3)
     cmc_temperature: float = 0.1  # tau of eq. 1
+    cmc_patch_match: bool = True  # CMC scores an audio token against a video by its best-matching patch (EZ-VSL's
+    # multiple-instance matching), which trains the patch-level similarity CMPC labels from; False: against the
+    # max-pooled video token (measured: README, "Which patches sound")
     audio_threshold: float = 0.5  # a class sounds in second t when the listener's probability exceeds this
     weights: LossWeights = field(default_factory=LossWeights)  # loss weights
     cmpc_params: CMPCParams = field(default_factory=CMPCParams)  # CMPC thresholds
@@ -139,7 +143,8 @@ class ContrastTask(TrainTask):
         terms = {"cls": cfg.weights.cls * multilabel_loss(v.logits, labels)}
         if cfg.cmc:
             terms["cmc"] = cfg.weights.cmc * cmc_loss(out["z_audio"], out["z_video"], out["z_cls"], sounding, labels,
-                                                      labels, temperature=cfg.cmc_temperature)
+                                                      labels, temperature=cfg.cmc_temperature,
+                                                      video_patches=out["z_patch"] if cfg.cmc_patch_match else None)
         if cfg.cmpc or cfg.cmcc:
             patch_labels = self.patch_labels(out["z_patch"].detach(), out["z_audio"].detach(), sounding)  # (B, N)
         if cfg.cmpc:
