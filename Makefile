@@ -205,7 +205,12 @@ $(eval $(call ABLATION_ROW,all,refine))
 $(foreach v,$(REFINE_VARIANTS),$(eval $(call ABLATION_ROW,$(v),refine-$(v))))
 
 ABLATIONS = none cmc cmpc cmcc cmpc-cmcc cmc-cmpc cmc-cmcc all plain
-ablation_metrics = $(foreach a,$(ABLATIONS),$(RUNS)/$(1)/metrics/ablation-$(a).json)
+# What CMPC trains on: its patch labels (eq. 2) scored against the train masks, with and without CMC (a diagnostic;
+# README, "Which patches sound").
+$(RUNS)/%/metrics/patch-labels.json: $(RUNS)/%/ckpt/refine.pt $(RUNS)/%/ckpt/refine-cmpc.pt stages/diagnose.toml
+	$(PCAS) diagnose --run $(RUNS)/$* --set out=patch-labels \
+		--set 'patch_labels=["align-nocmc", "refine-cmpc", "align", "refine"]' $(PRESET)
+ablation_metrics = $(foreach a,$(ABLATIONS),$(RUNS)/$(1)/metrics/ablation-$(a).json) $(RUNS)/$(1)/metrics/patch-labels.json
 
 reproduce-ablations: $(REPRODUCE) $(call ablation_metrics,synth-avss)
 	$(PCAS) report --runs $(RUNS) --out results

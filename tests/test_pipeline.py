@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from pcas_cli.artifacts import ArtifactWriter, read_features, read_predictions
@@ -173,8 +174,15 @@ def test_train_seg_refuses_missing_wrong_or_stale_pseudo_labels(run_dir: Path, t
 
 def test_diagnose_reports_listener_heard_frames_and_probe(run_dir: Path) -> None:
     pcas("diagnose", "--run", str(run_dir), "--device", "cpu", "--probe-steps", "3", "--set", "audio.embed_dim=16",
-         "--set", "audio.depth=1", "--set", "audio.num_heads=2", "--set", "audio.input_norm=second")
+         "--set", "audio.depth=1", "--set", "audio.num_heads=2", "--set", "audio.input_norm=second",
+         "--set", 'patch_labels=["align", "refine"]')
     report = json.loads((run_dir / "metrics/diagnose.json").read_text())
+    assert [p["weights"] for p in report["patch_labels"]] == ["align", "refine"]
+    for p in report["patch_labels"]:
+        assert 0.0 <= p["precision"] <= 1.0 and 0.0 < p["base_rate"] < 1.0 and (p["high"], p["low"]) == (0.7, 0.35)
+    with pytest.raises(PcasError, match="no projection heads"):
+        pcas("diagnose", "--run", str(run_dir), "--device", "cpu", "--set", 'patch_labels=["visual"]',
+             "--set", "out=visual-heads")
     for split in ("train", "val"):
         assert 0.0 <= report[split]["map"] <= 1.0 and 0.0 < report[split]["chance_map"] < 1.0
     assert [h["threshold"] for h in report["heard"]] == [0.3, 0.5, 0.7]
@@ -183,6 +191,16 @@ def test_diagnose_reports_listener_heard_frames_and_probe(run_dir: Path) -> None
     assert report["probe"]["steps"] == 3 and 0.0 <= report["probe"]["val_map"] <= 1.0
     assert report["listener"] == "tvp x ast" and set(report["listener_ids"]) == {"ckpt/tvp.pt", "ckpt/ast.pt"}
     assert 0.0 <= report["val"]["exact_set"] <= 1.0 and 0.0 <= report["val"]["silent_heard"] <= 1.0
+
+
+def test_patch_label_scores_hand_values() -> None:
+    from pcas_cli.stages.diagnose import patch_label_scores
+
+    labels = torch.tensor([1, 1, 0, 0, 255, 1])  # 3 labelled sounding, 2 not, 1 ignored
+    truth = torch.tensor([True, False, True, False, True, False])  # 3 patches really sounding
+    s = patch_label_scores(labels, truth)
+    assert s == {"positive_share": 0.5, "precision": 1 / 3, "recall": 1 / 3, "negatives_sounding": 0.5,
+                 "ignored_share": 1 / 6, "base_rate": 0.5}
 
 
 def test_second_decisions_hand_values() -> None:

@@ -8,11 +8,15 @@
    `--set co_listener='""'`.
 2. What align / refine get from it: the share of train frames in which a video-labelled class is heard at
    p > threshold (their audio positives), and the precision / recall of those classes against the train masks.
-3. Optional probe (`--probe-steps N`): a fresh audio encoder of the configured size trained for N steps on the
+3. What CMPC trains on (`--set 'patch_labels=["align"]'`, any align / refine checkpoints): the patch labels of eq. 2
+   that the checkpoint's projection heads give (its own thresholds) on the heard train frames, scored against the
+   train masks: share of patches labelled sounding, their precision and recall, the share of "not sounding" labels
+   that fall on a sounding object, beside the base rate. Precision near the base rate: CMPC contrasts noise.
+4. Optional probe (`--probe-steps N`): a fresh audio encoder of the configured size trained for N steps on the
    per-second classes of the train masks (full supervision of the audio side alone), scored on val. It asks whether
    the architecture can learn these sounds at all; the weakly supervised listener will not do better.
 
-A diagnostic, like scoring: it reads the masks of train (2, 3) and val (1, 3) to measure, and nothing it computes
+A diagnostic, like scoring: it reads the masks of train (2, 3, 4) and val (1, 4) to measure, and nothing it computes
 feeds back into the pipeline. Writes <run>/metrics/<out>.json (diagnose.json) and prints a table.
 """
 
@@ -33,8 +37,10 @@ from pcas_cli.console import CONSOLE, progress
 from pcas_cli.errors import PcasError
 from pcas_cli.metrics_cls import mean_average_precision
 from pcas_cli.seed import seed_everything
+from pcas_cli.losses import IGNORE, patch_labels_from_audio
 from pcas_cli.stages._common import (AudioCache, AudioModelConfig, build_audio, frame_classes_from_masks, listen,
-                                     listener_names, open_features, resolve_device, run_paths, stage_config)
+                                     listener_names, open_features, resolve_device, run_paths, stage_config,
+                                     visual_from_checkpoint)
 from pcas_cli.stages._contrast import heard_classes, sounding_share
 from pcas_cli.training.data import AugmentConfig, spec_augment
 from pcas_cli.writing import write_json
@@ -47,7 +53,8 @@ class DiagnoseConfig:
     co_listener: str = "ast"  # combined with it as align / refine / pseudo-label do (geometric mean); "" = alone
     thresholds: tuple[float, ...] = (0.3, 0.5, 0.7)  # listener probabilities at which a class counts as heard
     decision_threshold: float = 0.5  # for the per-second exact-set accuracy and the silent seconds heard
-    probe_steps: int = 0  # > 0: train a per-second supervised audio probe for this many steps (3.)
+    patch_labels: tuple[str, ...] = ()  # align / refine checkpoints whose CMPC patch labels to score (3.)
+    probe_steps: int = 0  # > 0: train a per-second supervised audio probe for this many steps (4.)
     probe_batch: int = 32  # seconds per probe step
     probe_lr: float = 1e-3  # AdamW peak learning rate of the probe (one-cycle schedule)
     audio: AudioModelConfig = field(default_factory=AudioModelConfig)  # the probe's encoder (as train-tvp's)
@@ -114,6 +121,46 @@ def listener_report(cfg: DiagnoseConfig, device: torch.device, split_targets: Ta
     return out
 
 
+def patch_label_scores(labels: torch.Tensor, sounding: torch.Tensor) -> dict[str, float]:
+    """CMPC patch labels (P,) in {0, 1, IGNORE} against the truth (P,) bool "the patch is mostly a sounding object"."""
+    pos, neg, n = labels == 1, labels == 0, max(labels.numel(), 1)
+    hit, n_pos, n_true = int((pos & sounding).sum()), int(pos.sum()), int(sounding.sum())
+    return {"positive_share": n_pos / n, "precision": hit / max(n_pos, 1), "recall": hit / max(n_true, 1),
+            "negatives_sounding": int((neg & sounding).sum()) / max(int(neg.sum()), 1),
+            "ignored_share": int((labels == IGNORE).sum()) / n, "base_rate": n_true / n}
+
+
+@torch.no_grad()
+def patch_label_report(cfg: DiagnoseConfig, name: str, device: torch.device) -> dict[str, Any]:
+    """Score the CMPC labels of ckpt/<name>.pt on the train frames in which a labelled class is heard (the frames
+    CMPC trains on), with the thresholds that checkpoint was trained with."""
+    ckpt_dir = run_paths(cfg.run)["ckpt"]
+    model, ckpt = visual_from_checkpoint(ckpt_dir / f"{name}.pt")
+    if not model.has_projections:
+        raise PcasError(f"{ckpt_dir / name}.pt: has no projection heads (the Looking encoder): no patch labels")
+    trained = ckpt["provenance"]["config"]
+    high, low, normalize = (trained["cmpc_params"][k] for k in ("high", "low", "normalize"))
+    model = model.to(device).eval()
+    train = open_features(cfg.run, "train")
+    cache, _ = listen(ckpt_dir, listener_names(cfg.listener, cfg.co_listener), train, device, "train")
+    all_labels, all_truth = [], []
+    for i in range(len(train)):
+        c = train.clip(i, ("frames", "masks", "mask_valid", "labels"))
+        heard = heard_classes(cache.probs[i], torch.from_numpy(c["labels"])[None], trained["audio_threshold"])
+        keep = torch.from_numpy(c["mask_valid"]).bool() & heard.any(-1)  # (T,)
+        if not keep.any():
+            continue
+        images = torch.from_numpy(c["frames"][keep.numpy()]).permute(0, 3, 1, 2).float().div(255).to(device)
+        out = model(images, audio_tokens=cache.tokens[i][keep].to(device))
+        all_labels.append(patch_labels_from_audio(out["z_patch"], out["z_audio"], high, low, normalize).cpu())
+        truth = torch.from_numpy((c["masks"][keep.numpy()] > 0).astype(np.float32))[:, None]  # (B, 1, H, W)
+        all_truth.append(F.adaptive_avg_pool2d(truth, out["visual"].grid).flatten(1) > 0.5)  # (B, N)
+    if not all_labels:
+        raise PcasError(f"{cfg.run}: the listener hears no labelled class in any masked train frame")
+    return {"weights": name, "high": high, "low": low,
+            **patch_label_scores(torch.cat(all_labels).flatten(), torch.cat(all_truth).flatten())}
+
+
 def probe_data(features: ArtifactReader, targets: np.ndarray, has: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Seconds with a mask: fbank (S, F, M) float16 and per-second classes (S, C) float."""
     x = np.concatenate([features.read("fbank", i)[has[i]] for i in range(len(features))])
@@ -173,6 +220,10 @@ def print_report(report: dict[str, Any]) -> None:
             table.add_row(f"heard at p > {h['threshold']}: frames / precision / recall",
                           f"{h['frames_heard']:.2f} / {h['precision']:.2f} / {h['recall']:.2f}", "",
                           f"truly sounding {tr['frames_sounding']:.2f}")
+    for p in report.get("patch_labels", []):
+        table.add_row(f"CMPC labels of {p['weights']}: sounding share / precision / recall",
+                      f"{p['positive_share']:.2f} / {p['precision']:.2f} / {p['recall']:.2f}", "",
+                      f"base rate {p['base_rate']:.2f}")
     if "probe" in report:
         p = report["probe"]
         table.add_row(f"probe: per-second supervised encoder, {p['steps']} steps", f"{p['train_map']:.3f}",
@@ -187,6 +238,10 @@ def run(cfg: DiagnoseConfig) -> Path:
     split_targets = {s: second_targets(open_features(cfg.run, s)) for s in ("train", "val")}
     if cfg.listener:
         report.update(listener_report(cfg, device, split_targets))
+    if cfg.patch_labels:
+        if not cfg.listener:
+            raise PcasError("diagnose: patch_labels needs a listener (the audio tokens CMPC compares patches with)")
+        report["patch_labels"] = [patch_label_report(cfg, name, device) for name in cfg.patch_labels]
     if cfg.probe_steps > 0:
         report["probe"] = probe_report(cfg, device, split_targets)
     print_report(report)
