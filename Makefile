@@ -207,9 +207,9 @@ $(foreach v,$(REFINE_VARIANTS),$(eval $(call ABLATION_ROW,$(v),refine-$(v))))
 ABLATIONS = none cmc cmpc cmcc cmpc-cmcc cmc-cmpc cmc-cmcc all plain
 # What CMPC trains on: its patch labels (eq. 2) scored against the train masks, with and without CMC (a diagnostic;
 # README, "Which patches sound").
+PATCH_LABEL_WEIGHTS = '["align-nocmc", "refine-cmpc", "align", "refine"]'
 $(RUNS)/%/metrics/patch-labels.json: $(RUNS)/%/ckpt/refine.pt $(RUNS)/%/ckpt/refine-cmpc.pt stages/diagnose.toml
-	$(PCAS) diagnose --run $(RUNS)/$* --set out=patch-labels \
-		--set 'patch_labels=["align-nocmc", "refine-cmpc", "align", "refine"]' $(PRESET)
+	$(PCAS) diagnose --run $(RUNS)/$* --set out=patch-labels --set patch_labels=$(PATCH_LABEL_WEIGHTS) $(PRESET)
 ablation_metrics = $(foreach a,$(ABLATIONS),$(RUNS)/$(1)/metrics/ablation-$(a).json) $(RUNS)/$(1)/metrics/patch-labels.json
 
 reproduce-ablations: $(REPRODUCE) $(call ablation_metrics,synth-avss)
