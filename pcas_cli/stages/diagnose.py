@@ -131,18 +131,16 @@ def patch_label_scores(labels: torch.Tensor, sounding: torch.Tensor) -> dict[str
 
 
 @torch.no_grad()
-def patch_label_report(cfg: DiagnoseConfig, name: str, device: torch.device) -> dict[str, Any]:
-    """Score the CMPC labels of ckpt/<name>.pt on the train frames in which a labelled class is heard (the frames
-    CMPC trains on), with the thresholds that checkpoint was trained with."""
-    ckpt_dir = run_paths(cfg.run)["ckpt"]
+def patch_label_report(ckpt_dir: Path, name: str, train: ArtifactReader, cache: AudioCache,
+                       device: torch.device) -> dict[str, Any]:
+    """Score the CMPC labels of ckpt/<name>.pt on the train frames with a mask in which a labelled class is heard
+    (the frames CMPC trains on), with the thresholds that checkpoint was trained with."""
     model, ckpt = visual_from_checkpoint(ckpt_dir / f"{name}.pt")
     if not model.has_projections:
         raise PcasError(f"{ckpt_dir / name}.pt: has no projection heads (the Looking encoder): no patch labels")
     trained = ckpt["provenance"]["config"]
     high, low, normalize = (trained["cmpc_params"][k] for k in ("high", "low", "normalize"))
     model = model.to(device).eval()
-    train = open_features(cfg.run, "train")
-    cache, _ = listen(ckpt_dir, listener_names(cfg.listener, cfg.co_listener), train, device, "train")
     all_labels, all_truth = [], []
     for i in range(len(train)):
         c = train.clip(i, ("frames", "masks", "mask_valid", "labels"))
@@ -156,7 +154,7 @@ def patch_label_report(cfg: DiagnoseConfig, name: str, device: torch.device) -> 
         truth = torch.from_numpy((c["masks"][keep.numpy()] > 0).astype(np.float32))[:, None]  # (B, 1, H, W)
         all_truth.append(F.adaptive_avg_pool2d(truth, out["visual"].grid).flatten(1) > 0.5)  # (B, N)
     if not all_labels:
-        raise PcasError(f"{cfg.run}: the listener hears no labelled class in any masked train frame")
+        raise PcasError(f"{ckpt_dir.parent}: the listener hears no labelled class in any masked train frame")
     return {"weights": name, "high": high, "low": low,
             **patch_label_scores(torch.cat(all_labels).flatten(), torch.cat(all_truth).flatten())}
 
@@ -241,7 +239,10 @@ def run(cfg: DiagnoseConfig) -> Path:
     if cfg.patch_labels:
         if not cfg.listener:
             raise PcasError("diagnose: patch_labels needs a listener (the audio tokens CMPC compares patches with)")
-        report["patch_labels"] = [patch_label_report(cfg, name, device) for name in cfg.patch_labels]
+        ckpt_dir, train = run_paths(cfg.run)["ckpt"], open_features(cfg.run, "train")
+        cache, _ = listen(ckpt_dir, listener_names(cfg.listener, cfg.co_listener), train, device, "train")
+        report["patch_labels"] = [patch_label_report(ckpt_dir, name, train, cache, device)
+                                  for name in cfg.patch_labels]
     if cfg.probe_steps > 0:
         report["probe"] = probe_report(cfg, device, split_targets)
     print_report(report)
