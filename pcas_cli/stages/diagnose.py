@@ -35,9 +35,9 @@ from pcas_cli.artifacts import ArtifactReader
 from pcas_cli.config import to_dict
 from pcas_cli.console import CONSOLE, progress
 from pcas_cli.errors import PcasError
+from pcas_cli.losses import IGNORE, patch_labels_from_audio
 from pcas_cli.metrics_cls import mean_average_precision
 from pcas_cli.seed import seed_everything
-from pcas_cli.losses import IGNORE, patch_labels_from_audio
 from pcas_cli.stages._common import (AudioCache, AudioModelConfig, build_audio, frame_classes_from_masks, listen,
                                      listener_names, open_features, resolve_device, run_paths, stage_config,
                                      visual_from_checkpoint)
