@@ -106,12 +106,14 @@ def second_decisions(probs: np.ndarray, targets: np.ndarray, has: np.ndarray, th
 Targets = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> second_targets of that split
 
 
-def listener_report(cfg: DiagnoseConfig, device: torch.device, split_targets: Targets) -> dict[str, Any]:
-    names = listener_names(cfg.listener, cfg.co_listener)
-    out: dict[str, Any] = {"listener": " x ".join(names)}
+Hearing = dict[str, tuple[AudioCache, dict[str, str]]]  # split -> what `listen` returned for that split
+
+
+def listener_report(cfg: DiagnoseConfig, hearing: Hearing, split_targets: Targets) -> dict[str, Any]:
+    out: dict[str, Any] = {"listener": " x ".join(listener_names(cfg.listener, cfg.co_listener))}
     for split, (targets, has) in split_targets.items():
         feats = open_features(cfg.run, split)
-        cache, out["listener_ids"] = listen(run_paths(cfg.run)["ckpt"], names, feats, device, split)
+        cache, out["listener_ids"] = hearing[split]
         probs = cache.probs.numpy()
         out[split] = {"map": mean_average_precision(probs[has], targets[has]), "chance_map": chance_map(targets[has]),
                       "frames_sounding": float(targets.any(-1)[has].mean()), "frames": int(has.sum()),
@@ -234,13 +236,16 @@ def run(cfg: DiagnoseConfig) -> Path:
     report: dict[str, Any] = {"run": str(cfg.run), "config": stage_config(cfg)}
     # the masks of train and val are read once, for both parts
     split_targets = {s: second_targets(open_features(cfg.run, s)) for s in ("train", "val")}
+    if cfg.patch_labels and not cfg.listener:
+        raise PcasError("diagnose: patch_labels needs a listener (the audio tokens CMPC compares patches with)")
+    ckpt_dir = run_paths(cfg.run)["ckpt"]
     if cfg.listener:
-        report.update(listener_report(cfg, device, split_targets))
+        # each split is listened to once, for the listener report and the patch labels
+        names = listener_names(cfg.listener, cfg.co_listener)
+        hearing = {s: listen(ckpt_dir, names, open_features(cfg.run, s), device, s) for s in split_targets}
+        report.update(listener_report(cfg, hearing, split_targets))
     if cfg.patch_labels:
-        if not cfg.listener:
-            raise PcasError("diagnose: patch_labels needs a listener (the audio tokens CMPC compares patches with)")
-        ckpt_dir, train = run_paths(cfg.run)["ckpt"], open_features(cfg.run, "train")
-        cache, _ = listen(ckpt_dir, listener_names(cfg.listener, cfg.co_listener), train, device, "train")
+        train, cache = open_features(cfg.run, "train"), hearing["train"][0]
         report["patch_labels"] = [patch_label_report(ckpt_dir, name, train, cache, device)
                                   for name in cfg.patch_labels]
     if cfg.probe_steps > 0:

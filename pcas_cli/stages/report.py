@@ -108,6 +108,12 @@ def table2(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
     return lines, data
 
 
+# Table 3 rows: train-tvp's val scores of each listener (metrics/audio-<stem>.json), and the two combined as align /
+# refine / pseudo-label hear (`pcas diagnose --set out=listeners`, metrics/listeners.json).
+TABLE3_ROWS = (("ast", "AST"), ("tvp", "AST + TVP"),
+               ("listeners", "AST + TVP, confirmed by AST (geometric mean; what PCAS uses)"))
+
+
 def table3(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
     layouts = [("s4", "S4"), ("ms3", "MS3"), ("avss", "AVSS")]
     lines = ["| Setting | " + " | ".join(f"{n} mAP | {n} exact-set acc." for _, n in layouts) + " |",
@@ -121,12 +127,6 @@ def table3(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
             cells += ["–", "–"] if m is None else [f"{m['map']:.3f}", f"{m['exact_acc']:.3f}"]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines, data
-
-
-# Table 3 rows: train-tvp's val scores of each listener (metrics/audio-<stem>.json), and the two combined as align /
-# refine / pseudo-label hear (`pcas diagnose --set out=listeners`, metrics/listeners.json).
-TABLE3_ROWS = (("ast", "AST"), ("tvp", "AST + TVP"),
-               ("listeners", "AST + TVP, confirmed by AST (geometric mean; what PCAS uses)"))
 
 
 def listener_scores(runs: Path, run: str, stem: str) -> dict[str, Any] | None:
