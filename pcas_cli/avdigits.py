@@ -146,9 +146,9 @@ class AVDigitsConfig:
     download: bool = False  # fetch MNIST and FSDD into `cache` (needs internet); mnist/fsdd are then not read
     cache: Path = Path("data/cache/avdigits")  # download cache: mnist/mnist_uint8.npz and fsdd/recordings/
     seed: int = 0  # same seed and inputs -> byte-identical data set
-    videos: int = 240  # train clips
-    val_videos: int | None = None  # val clips; None = videos // 4 (at least 1)
-    test_videos: int | None = None  # test clips; None = videos // 4 (at least 1)
+    videos: int = 2000  # train clips (240 were memorised by the Looking encoder: results/avdigits-diagnostics.md)
+    val_videos: int | None = 60  # val clips; None = videos // 4 (at least 1)
+    test_videos: int | None = 60  # test clips; None = videos // 4 (at least 1)
     image_size: int = 128  # frame side in pixels (square frames)
     test_speakers: tuple[str, ...] = ("theo",)  # FSDD speakers held out of train (val: even takes, test: odd)
     digits_per_clip: tuple[int, int] = (2, 4)  # min and max digits in a clip (distinct classes, all visible)

@@ -151,7 +151,8 @@ def build_avdigits(
                                                    "(config default: ../shared/data/fsdd/recordings)"),
     download: Optional[bool] = typer.Option(None, "--download/--no-download",
                                             help="fetch MNIST and FSDD into the cache first (needs the network)"),
-    videos: Optional[int] = typer.Option(None, help="training videos; val/test scale with it (config default: 240)"),
+    videos: Optional[int] = typer.Option(None, help="training clips (config default: 2000; val/test: --set "
+                                                    "val_videos=N, test_videos=N, default 60 each)"),
     seed: Optional[int] = SeedOpt,
     stats: bool = typer.Option(False, "--stats", help="print the data set's statistics (of --root if it exists)"),
     config: Optional[Path] = ConfigOpt, preset: Optional[str] = PresetOpt, set_: Optional[List[str]] = SetOpt,

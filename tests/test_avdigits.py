@@ -69,7 +69,7 @@ def test_stage_toml_mirrors_the_defaults():
     cfg = load_config(av.AVDigitsConfig, "build-avdigits", REPO / "stages" / "build-avdigits.toml")
     assert cfg == av.AVDigitsConfig()
     assert cfg.mnist == Path("../shared/data/mnist/mnist_uint8.npz") and cfg.test_speakers == ("theo",)
-    assert av.split_sizes(cfg) == {"train": 240, "val": 60, "test": 60}
+    assert av.split_sizes(cfg) == {"train": 2000, "val": 60, "test": 60}
     assert av.output_root(av.AVDigitsConfig(layout="ms3")) == Path("data/raw/avdigits-ms3")
 
 

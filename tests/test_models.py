@@ -376,7 +376,8 @@ def test_ema_update_hand_values() -> None:
     torch.testing.assert_close(teacher.bias, torch.tensor([1.2]))
 
 
-@pytest.mark.parametrize(("name", "size", "kw"), [("vit_tiny_p8", 32, TINY_VIT), ("resnet50", 64, {})])
+@pytest.mark.parametrize(("name", "size", "kw"), [("vit_tiny_p8", 32, TINY_VIT), ("resnet50", 64, {}),
+                                                  ("resnet18_os8", 32, {})])
 def test_segmentation_model_shapes(name: str, size: int, kw: dict) -> None:
     enc = build_visual_encoder(name, 3, size, **kw)
     model = SegmentationModel(enc, num_outputs=4).eval()
@@ -384,6 +385,17 @@ def test_segmentation_model_shapes(name: str, size: int, kw: dict) -> None:
     assert model(x).shape == (2, 4, size, size)
     # the decoder itself predicts at 1/4 of the input, not at the backbone stride
     assert model.decode(enc.pyramid(x)).shape[-2:] == (size // 4, size // 4)
+
+
+def test_resnet18_os8_keeps_the_vit_tiny_grid() -> None:
+    """The CNN preset for CPU runs gives the same token grid as ViT-tiny patch 8 (CAMs at 1/8 of the frame)."""
+    cnn = build_visual_encoder("resnet18_os8", 3, 80).eval()
+    vit = build_visual_encoder("vit_tiny_p8", 3, 80, **TINY_VIT).eval()
+    x = torch.rand(1, 3, 80, 80)
+    with torch.no_grad():
+        out_cnn, out_vit = cnn(x), vit(x)
+    assert out_cnn.grid == out_vit.grid == (10, 10)
+    assert out_cnn.patch_tokens.shape == (1, 100, cnn.embed_dim) and out_cnn.logits.shape == (1, 3)
 
 
 @pytest.mark.parametrize("backbone,kwargs", [("vit_tiny_p8", {"depth": 1}), ("resnet50", {}), ("pvt_v2_b2", {})])

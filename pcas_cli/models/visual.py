@@ -26,6 +26,9 @@ from pcas_cli.errors import PcasError, fail
 VISUAL_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     # CPU-sized ViT: stride-8 patches keep a usable token grid on small frames; 6 blocks of width 192.
     "vit_tiny_p8": ("vit_tiny_patch16_224", {"patch_size": 8, "depth": 6}),
+    # CPU-sized CNN: dilated last two stages keep the same 10 x 10 token grid at 80 px. From scratch it learns
+    # handwritten-digit shape where ViT-tiny does not (results/avdigits-diagnostics.md); the AV-Digits preset uses it.
+    "resnet18_os8": ("resnet18", {"output_stride": 8}),
     "vit_small": ("vit_small_patch16_224", {}),
     "vit_base": ("vit_base_patch16_224", {}),
     "resnet50": ("resnet50", {}),
