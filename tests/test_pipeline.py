@@ -193,6 +193,24 @@ def test_diagnose_reports_listener_heard_frames_and_probe(run_dir: Path) -> None
     assert 0.0 <= report["val"]["exact_set"] <= 1.0 and 0.0 <= report["val"]["silent_heard"] <= 1.0
 
 
+def test_diagnose_visual_probe(run_dir: Path) -> None:
+    """The visual probe trains the configured backbone on the visible classes and scores val both ways."""
+    pcas("diagnose", "--run", str(run_dir), "--device", "cpu", "--listener", "", "--set", "visual_probe_steps=2",
+         "--set", "model.backbone=resnet18_os8", "--set", "out=visual-probe")
+    p = json.loads((run_dir / "metrics/visual-probe.json").read_text())["visual_probe"]
+    assert p["steps"] == 2 and p["backbone"] == "resnet18_os8" and p["frames"]["train"] > 0
+    for key in ("val_map_visible", "val_map_video_labels", "chance_map_visible", "chance_map_video_labels"):
+        assert 0.0 < p[key] <= 1.0
+
+
+def test_visible_classes_hand_values() -> None:
+    from pcas_cli.stages.diagnose import visible_classes
+
+    visible = np.zeros((2, 3, 3), np.uint8)
+    visible[0, 0, 0], visible[0, 2, 2], visible[1, 1, 1] = 3, 1, 3  # frame 0: classes 2 and 0; frame 1: class 2
+    assert visible_classes(visible, 4).tolist() == [[True, False, True, False], [False, False, True, False]]
+
+
 def test_patch_label_scores_hand_values() -> None:
     from pcas_cli.stages.diagnose import patch_label_scores
 

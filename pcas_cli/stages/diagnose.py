@@ -15,8 +15,13 @@
 4. Optional probe (`--probe-steps N`): a fresh audio encoder of the configured size trained for N steps on the
    per-second classes of the train masks (full supervision of the audio side alone), scored on val. It asks whether
    the architecture can learn these sounds at all; the weakly supervised listener will not do better.
+5. Optional visual probe (`--set visual_probe_steps=N`, generated data sets with visible-object maps): a fresh
+   Looking encoder of the configured backbone (`model`, as train-visual's) trained for N steps on the classes
+   *visible* in each train frame (clean frame-level labels, sounding or not), scored on val against the visible
+   classes and against the video labels. It asks whether the backbone can learn the objects' appearance at all;
+   the weakly supervised Looking encoder learns from noisier labels.
 
-A diagnostic, like scoring: it reads the masks of train (2, 3, 4) and val (1, 4) to measure, and nothing it computes
+A diagnostic, like scoring: it reads the masks of train (2, 3, 4) and val (1, 4), and the visible maps (5), to measure, and nothing it computes
 feeds back into the pipeline. Writes <run>/metrics/<out>.json (diagnose.json) and prints a table.
 """
 
@@ -24,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -38,9 +43,9 @@ from pcas_cli.errors import PcasError
 from pcas_cli.losses import IGNORE, patch_labels_from_audio
 from pcas_cli.metrics_cls import mean_average_precision
 from pcas_cli.seed import seed_everything
-from pcas_cli.stages._common import (AudioCache, AudioModelConfig, build_audio, frame_classes_from_masks, listen,
-                                     listener_names, open_features, resolve_device, run_paths, stage_config,
-                                     visual_from_checkpoint)
+from pcas_cli.stages._common import (AudioCache, AudioModelConfig, VisualModelConfig, base_spec, build_audio,
+                                     build_visual, frame_classes_from_masks, frames_to_tensor, listen, listener_names,
+                                     open_features, resolve_device, run_paths, stage_config, visual_from_checkpoint)
 from pcas_cli.stages._contrast import heard_classes, sounding_share
 from pcas_cli.training.data import AugmentConfig, spec_augment
 from pcas_cli.writing import write_json
@@ -59,6 +64,9 @@ class DiagnoseConfig:
     probe_lr: float = 1e-3  # AdamW peak learning rate of the probe (one-cycle schedule)
     audio: AudioModelConfig = field(default_factory=AudioModelConfig)  # the probe's encoder (as train-tvp's)
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(time_mask=20, freq_mask=24))  # probe
+    visual_probe_steps: int = 0  # > 0: train a Looking encoder on the visible classes for this many steps (5.)
+    visual_probe_lr: float = 1e-3  # its AdamW peak learning rate (one-cycle schedule); batch: probe_batch frames
+    model: VisualModelConfig = field(default_factory=VisualModelConfig)  # the visual probe's backbone
     out: str = "diagnose"  # report name: <run>/metrics/<out>.json
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -175,6 +183,26 @@ def _probe_scores(model: torch.nn.Module, x: torch.Tensor, device: torch.device,
     return torch.cat(out).numpy()
 
 
+def train_probe(model: torch.nn.Module, batch: Callable[[], tuple[torch.Tensor, torch.Tensor]], steps: int, lr: float,
+                weight_decay: float, pct_start: float, what: str, clip_grad_norm: float | None = None) -> None:
+    """The probes' loop: AdamW with a one-cycle rate, binary cross-entropy on (logits, targets) = batch()."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=pct_start)
+    with progress(transient=True) as bar:
+        task = bar.add_task(what, total=steps, info="")
+        for _ in range(steps):
+            model.train()
+            logits, targets = batch()
+            loss = F.binary_cross_entropy_with_logits(logits, targets)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+            opt.step()
+            sched.step()
+            bar.update(task, advance=1, info=f"loss {loss.item():.3f}")
+
+
 def probe_report(cfg: DiagnoseConfig, device: torch.device, split_targets: Targets) -> dict[str, Any]:
     seed_everything(cfg.seed)
     train, val = open_features(cfg.run, "train"), open_features(cfg.run, "val")
@@ -184,26 +212,80 @@ def probe_report(cfg: DiagnoseConfig, device: torch.device, split_targets: Targe
     spec = {"num_classes": y_tr.shape[1], "n_mels": train.dims["M"], "frames_per_second": train.dims["F"],
             "max_seconds": train.dims["T"], "tvp": False, "visual_dim": None, "audio": to_dict(cfg.audio)}
     model = build_audio(spec).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.probe_lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.probe_lr, total_steps=cfg.probe_steps,
-                                                pct_start=0.05)
     gen = torch.Generator().manual_seed(cfg.seed)
-    with progress(transient=True) as bar:
-        task = bar.add_task("probe (per-second labels)", total=cfg.probe_steps, info="")
-        for _ in range(cfg.probe_steps):
-            model.train()
-            idx = torch.randint(0, len(x_tr), (cfg.probe_batch,), generator=gen)
-            x = spec_augment(x_tr[idx].float(), cfg.augment, gen).to(device)  # (B, F, M), one second each
-            loss = F.binary_cross_entropy_with_logits(model(x[:, None]).logits[:, 0], y_tr[idx].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            bar.update(task, advance=1, info=f"loss {loss.item():.3f}")
+
+    def batch() -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.randint(0, len(x_tr), (cfg.probe_batch,), generator=gen)
+        x = spec_augment(x_tr[idx].float(), cfg.augment, gen).to(device)  # (B, F, M), one second each
+        return model(x[:, None]).logits[:, 0], y_tr[idx].to(device)
+
+    train_probe(model, batch, cfg.probe_steps, cfg.probe_lr, weight_decay=0.01, pct_start=0.05,
+                what="probe (per-second labels)")
     return {"steps": cfg.probe_steps, "audio": to_dict(cfg.audio), "seconds": {"train": len(x_tr), "val": len(x_va)},
             "train_map": mean_average_precision(_probe_scores(model, x_tr, device), y_tr.numpy()),
             "val_map": mean_average_precision(_probe_scores(model, x_va, device), y_va.numpy()),
             "chance_map": chance_map(y_va.numpy().astype(bool))}
+
+
+def visible_classes(visible: np.ndarray, num_classes: int) -> np.ndarray:
+    """Classes visible in each frame, from a visible-object map (class index + 1 per pixel, 0 = none).
+
+    (T, H, W) uint8 -> (T, C) bool.
+    """
+    present = np.zeros((len(visible), num_classes + 1), dtype=bool)
+    for t, frame in enumerate(visible):
+        present[t, np.unique(frame)] = True
+    return present[:, 1:]
+
+
+def _frame_pairs(features: ArtifactReader) -> np.ndarray:
+    """(P, 2) int (clip, frame) of every valid frame."""
+    return np.argwhere(np.asarray(features.read("frame_valid", slice(None)), dtype=bool))
+
+
+@torch.no_grad()
+def _visual_probe_scores(model: torch.nn.Module, features: ArtifactReader, device: torch.device
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scores (P, C), visible classes (P, C) and video labels (P, C) of every valid frame, streamed per clip."""
+    model.eval()
+    scores, visible, video = [], [], []
+    for i in range(len(features)):
+        c = features.clip(i, ("frames", "visible", "frame_valid", "labels"))
+        valid = np.asarray(c["frame_valid"], dtype=bool)
+        if not valid.any():
+            continue
+        scores.append(torch.sigmoid(model(frames_to_tensor(c["frames"][valid], device)).logits).cpu().numpy())
+        visible.append(visible_classes(c["visible"][valid], len(features.classes)))
+        video.append(np.repeat(np.asarray(c["labels"], dtype=bool)[None], int(valid.sum()), axis=0))
+    return np.concatenate(scores), np.concatenate(visible), np.concatenate(video)
+
+
+def visual_probe_report(cfg: DiagnoseConfig, device: torch.device) -> dict[str, Any]:
+    seed_everything(cfg.seed)
+    train, val = open_features(cfg.run, "train"), open_features(cfg.run, "val")
+    for f in (train, val):
+        if not f.meta.get("has_visible"):
+            raise PcasError(f"{f.path}: has no visible-object maps (only generated data sets do); "
+                            "the visual probe needs them")
+    spec = base_spec(train, cfg.model)
+    model = build_visual(spec).to(device)
+    pairs, num_classes = _frame_pairs(train), len(train.classes)
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    def batch() -> tuple[torch.Tensor, torch.Tensor]:
+        picks = pairs[torch.randint(0, len(pairs), (cfg.probe_batch,), generator=gen).numpy()]
+        # one frame per pick, read from its clip (memory does not grow with the split)
+        frames = np.stack([train.read("frames", int(i))[t] for i, t in picks])
+        target = visible_classes(np.stack([train.read("visible", int(i))[t] for i, t in picks]), num_classes)
+        return model(frames_to_tensor(frames, device)).logits, torch.from_numpy(target).float().to(device)
+
+    train_probe(model, batch, cfg.visual_probe_steps, cfg.visual_probe_lr, weight_decay=0.05, pct_start=0.1,
+                what="visual probe (visible classes)", clip_grad_norm=1.0)
+    scores, visible, video = _visual_probe_scores(model, val, device)
+    return {"steps": cfg.visual_probe_steps, "backbone": cfg.model.backbone, "frames": {"train": len(pairs),
+            "val": len(scores)}, "val_map_visible": mean_average_precision(scores, visible),
+            "val_map_video_labels": mean_average_precision(scores, video),
+            "chance_map_visible": chance_map(visible), "chance_map_video_labels": chance_map(video)}
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -228,6 +310,12 @@ def print_report(report: dict[str, Any]) -> None:
         p = report["probe"]
         table.add_row(f"probe: per-second supervised encoder, {p['steps']} steps", f"{p['train_map']:.3f}",
                       f"{p['val_map']:.3f}", f"{p['chance_map']:.3f}")
+    if "visual_probe" in report:
+        p = report["visual_probe"]
+        table.add_row(f"visual probe {p['backbone']}, {p['steps']} steps: mAP vs visible classes", "",
+                      f"{p['val_map_visible']:.3f}", f"{p['chance_map_visible']:.3f}")
+        table.add_row("visual probe: mAP vs video labels", "", f"{p['val_map_video_labels']:.3f}",
+                      f"{p['chance_map_video_labels']:.3f}")
     CONSOLE.print(table)
 
 
@@ -250,6 +338,8 @@ def run(cfg: DiagnoseConfig) -> Path:
                                   for name in cfg.patch_labels]
     if cfg.probe_steps > 0:
         report["probe"] = probe_report(cfg, device, split_targets)
+    if cfg.visual_probe_steps > 0:
+        report["visual_probe"] = visual_probe_report(cfg, device)
     print_report(report)
     out = write_json(run_paths(cfg.run)["metrics"] / f"{cfg.out}.json", report)
     CONSOLE.print(f"[green]wrote[/green] {out}")
