@@ -282,6 +282,26 @@ def test_conv_stem_gives_the_patch_grid(n_mels: int, fps: int) -> None:
     assert all(p.grad is not None for p in conv.patch_embed.parameters())
 
 
+def test_timm_stem_gives_the_patch_grid_and_skips_padding_seconds() -> None:
+    """A timm CNN stem keeps the patch grid; all-zero padding seconds never reach its BatchNorm, so in train mode a
+    clip's real seconds get the same tokens whether or not padding is batched with them."""
+    kw = dict(embed_dim=16, depth=1, num_heads=2, n_mels=128, frames_per_second=100, visual_dim=8, context="second")
+    enc = AudioEncoder(3, stem="timm:resnet18", **kw)
+    assert enc.grid == AudioEncoder(3, **kw).grid == (8, 6)
+    fbank = torch.randn(2, 2, 100, 128)
+    padded = torch.cat([fbank, torch.zeros(2, 3, 100, 128)], dim=1)  # 3 padding seconds per clip
+    torch.manual_seed(0)
+    alone = enc.patch_tokens(fbank)
+    with_padding = enc.patch_tokens(padded)
+    torch.testing.assert_close(with_padding[:, :2], alone)
+    out = enc(padded, torch.randn(2, 5, 8), second_valid=torch.tensor([[True] * 2 + [False] * 3] * 2))
+    assert out.logits.shape == (2, 5, 3)
+    out.logits[:, :2].sum().backward()
+    assert all(p.grad is not None for p in enc.patch_embed.body.parameters() if p.requires_grad)
+    with pytest.raises(PcasError, match="timm:nonexistent_cnn"):
+        AudioEncoder(3, stem="timm:nonexistent_cnn", **kw)
+
+
 def test_per_second_input_norm_ignores_level_and_keeps_padding_silent() -> None:
     kw = dict(embed_dim=16, depth=1, num_heads=2, n_mels=N_MELS, frames_per_second=FPS, context="second")
     enc = AudioEncoder(3, input_norm="second", **kw).eval()

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import Block
+import timm
 from torch import Tensor, nn
 
 from pcas_cli.errors import PcasError, fail
@@ -99,6 +100,43 @@ class ConvStem(nn.Module):
         return self.layers(x)
 
 
+class TimmStem(nn.Module):
+    """Any timm CNN as the token stem (`stem = "timm:<model>"`, e.g. "timm:resnet18"): its stride-16 feature map,
+    average-pooled onto the patch grid and projected to D by a 1x1 convolution, so positions, TVP prompts and
+    everything downstream stay as with the patch stem. From scratch, a ResNet learns spoken digits from per-second
+    labels in a few hundred steps where the 3-block transformer on 16x16 patches barely moves (AV-Digits:
+    results/avdigits-diagnostics.md). Random init; 1 input channel.
+
+    All-zero inputs (the padding seconds of short clips) skip the CNN and give all-zero features, so they never
+    enter BatchNorm statistics; every other second is unaffected by what it is batched with in eval mode.
+    """
+
+    def __init__(self, name: str, embed_dim: int, grid: tuple[int, int]) -> None:
+        super().__init__()
+        try:
+            probe = timm.create_model(name, pretrained=False, features_only=True, in_chans=1)
+        except RuntimeError as e:  # unknown name, or a model without a features_only mode (e.g. a ViT)
+            raise PcasError(f"audio.stem 'timm:{name}': not a timm CNN with feature maps ({e})") from e
+        reductions = probe.feature_info.reduction()
+        finest = [i for i, r in enumerate(reductions) if r <= 16]
+        if not finest:
+            raise PcasError(f"audio.stem 'timm:{name}': no feature map at stride <= 16 (strides {reductions})")
+        level = finest[-1]  # the coarsest map at stride <= 16: deepest features that still cover the patch grid
+        self.body = timm.create_model(name, pretrained=False, features_only=True, in_chans=1, out_indices=(level,))
+        channels = self.body.feature_info.channels()[-1]
+        self.pool = nn.AdaptiveAvgPool2d(grid)
+        self.proj = nn.Conv2d(channels, embed_dim, 1)
+        self.channels = channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, 1, M, F) -> (N, D, grid_f, grid_t)."""
+        real = x.flatten(1).abs().amax(dim=1) > 0  # (N,) False for padding seconds
+        feats = x.new_zeros(x.shape[0], self.channels, *self.pool.output_size)
+        if bool(real.any()):
+            feats[real] = self.pool(self.body(x[real])[-1]).to(feats.dtype)
+        return self.proj(feats)
+
+
 class AudioEncoder(nn.Module):
     """AST-style transformer classifying each second of a clip, optionally prompted by the visual token of its frame.
 
@@ -117,7 +155,8 @@ class AudioEncoder(nn.Module):
         mlp_ratio: block MLP width / D.
         drop_path: stochastic depth rate of the last block (linearly increasing from 0).
         patch_size: patch side in fbank bins (16 in AST).
-        stem: "patch" = AST's single patch convolution; "conv" = `ConvStem` (non-overlapping patches only).
+        stem: "patch" = AST's single patch convolution; "conv" = `ConvStem` (non-overlapping patches only);
+            "timm:<model>" = a timm CNN's feature map on the same grid (`TimmStem`).
         input_norm: "none" = the fbank as extracted (AST's fixed data-set normalisation); "second" = standardise
             each second on its own (mean and std over its frames and mel bins), like per-utterance normalisation in
             speech recognition: it removes the clip's noise level and recording gain, which otherwise dominate the
@@ -147,8 +186,11 @@ class AudioEncoder(nn.Module):
                 raise ValueError(f"the conv stem makes non-overlapping tokens; patch_stride must be "
                                  f"({patch_size}, {patch_size}), got {tuple(patch_stride)}")
             self.patch_embed = ConvStem(embed_dim, patch_size)
+        elif stem.startswith("timm:"):
+            self.patch_embed = TimmStem(stem.removeprefix("timm:"), embed_dim,
+                                        patch_grid(n_mels, frames_per_second, patch_size, tuple(patch_stride)))
         else:
-            raise ValueError(f"stem must be 'patch' or 'conv', got {stem!r}")
+            raise ValueError(f"stem must be 'patch', 'conv' or 'timm:<model>', got {stem!r}")
         self.grid = patch_grid(n_mels, frames_per_second, patch_size, tuple(patch_stride))
         out = self.patch_embed(torch.zeros(1, 1, n_mels, frames_per_second))  # (1, D, f_dim, t_dim)
         if tuple(out.shape[-2:]) != self.grid:

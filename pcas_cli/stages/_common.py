@@ -36,7 +36,8 @@ class AudioModelConfig:
     num_heads: int = 4  # attention heads (AST-base: 12)
     patch_stride: tuple[int, int] = (16, 16)  # (freq, time) stride of the 16x16 patches; AST overlap = (10, 10)
     context: str = "second"  # "second": one sequence per second [prompt, patches]; "clip": one per clip, interleaved
-    stem: str = "patch"  # "patch": AST's 16x16 patch convolution; "conv": early convolutions (models.audio.ConvStem)
+    stem: str = "patch"  # "patch": AST's 16x16 patch convolution; "conv": early convolutions (models.audio.ConvStem);
+    # "timm:<model>": a timm CNN's stride-16 feature map on the same token grid, e.g. "timm:resnet18" (TimmStem)
     input_norm: str = "none"  # "none": fbank as extracted (AST normalisation); "second": standardise each second
 
 
