@@ -28,9 +28,15 @@ def test_tables_and_readme_block(tmp_path: Path, monkeypatch) -> None:
            # the same output written twice with other options: only the latest run is shown
            ("refine", ["--name", "refine-cmpc", "--init", "visual"], 30.0),
            ("refine", ["--name", "refine-cmpc", "--init", "align-nocmc"], 20.0),
-           ("pseudo-label", ["--split", "val", "--out", "ablations/cmpc"], 5.0)]
+           ("pseudo-label", ["--split", "val", "--out", "ablations/cmpc"], 5.0),
+           # different outputs told apart by --kind / --tvp: one row each
+           ("baseline", ["--kind", "background"], 1.0), ("baseline", ["--kind", "visible"], 1.0),
+           ("train-tvp", ["--tvp"], 2.0), ("train-tvp", ["--no-tvp"], 2.0)]
+    # a stage run on an older data set (before the latest extract of its run) is dropped
+    log = [("align", [], 99.0, "2026-01-01T00:00:00"), ("extract", [], 3.0, "2026-01-02T00:00:00")] + \
+        [(c, a, t, "2026-01-03T00:00:00") for c, a, t in log]
     timings.write_text("".join(json.dumps({"command": c, "argv": ["--run", str(runs / "x-avss"), *a], "seconds": t,
-                                           "peak_rss_mb": 900.0}) + "\n" for c, a, t in log))
+                                           "peak_rss_mb": 900.0, "finished": f}) + "\n" for c, a, t, f in log))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "README.md").write_text(f"intro\n{README_START}\nold\n{README_END}\noutro\n")
     md = run(ReportConfig(runs=runs, out=tmp_path / "results", prefix="x", timings=timings))
@@ -42,7 +48,9 @@ def test_tables_and_readme_block(tmp_path: Path, monkeypatch) -> None:
         in text
     assert "| x-avss | `refine --no-cmc` | 12.5 | 900 |" in text
     assert "| x-avss | `refine --name refine-cmpc --init align-nocmc` | 20.0 | 900 |" in text
-    assert "--init visual" not in text and "| all | | 37.5 | 900 |" in text
+    assert "--init visual" not in text and "| all | | 46.5 | 900 |" in text and "`align`" not in text
+    for row in ("baseline --kind background", "baseline --kind visible", "train-tvp --tvp", "train-tvp --no-tvp"):
+        assert f"| x-avss | `{row}` |" in text
     assert "| ring | 19.00 | 3.00 | -16.00 |" in text and "| drum | 50.00 | 60.00 | +10.00 |" in text  # CRF check
     data = json.loads((tmp_path / "results/x.json").read_text())
     assert data["table2"]["pcas"]["relative_to_supervised"] == 0.8

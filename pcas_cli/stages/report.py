@@ -224,16 +224,22 @@ def timing_table(cfg: ReportConfig) -> tuple[list[str], list[dict[str, Any]]]:
     """Latest wall time and peak memory per (run, command) from the timings log."""
     if not cfg.timings.exists():
         return [], []
-    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    records = []
     for line in cfg.timings.read_text().splitlines():
         rec = json.loads(line)
         argv = rec["argv"]
         run = next((Path(argv[i + 1]).name for i, a in enumerate(argv[:-1]) if a in ("--run", "--root")), "")
         run = run or next((Path(a).parent.parent.name for a in argv if a.endswith(".h5")), "")
-        if not run.startswith(cfg.prefix):
+        if run.startswith(cfg.prefix):
+            records.append((run, rec))
+    # A stage that ran before its run's latest `extract` worked on an older data set: not part of this run any more.
+    extracted = {run: rec.get("finished", "") for run, rec in records if rec["command"] == "extract"}
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for run, rec in records:
+        if rec["command"] not in _DATA_COMMANDS and rec.get("finished", "") < extracted.get(run, ""):
             continue
         # Keyed by what the command writes, so a rerun with other options replaces the old row instead of adding one.
-        latest[(run, rec["command"], *_output_of(argv))] = {**rec, "detail": _describe_argv(argv)}
+        latest[(run, rec["command"], *_output_of(rec["argv"]))] = {**rec, "detail": _describe_argv(rec["argv"])}
     rows = [{"run": k[0], "command": f"{k[1]} {v['detail']}".strip(), "seconds": v["seconds"],
              "peak_rss_mb": v["peak_rss_mb"]} for k, v in sorted(latest.items())]
     lines = ["| run | command | wall time (s) | peak memory (MiB) |", "|---|---|---|---|"]
@@ -243,9 +249,15 @@ def timing_table(cfg: ReportConfig) -> tuple[list[str], list[dict[str, Any]]]:
     return lines, rows
 
 
+_DATA_COMMANDS = ("synth", "build-avdigits", "extract")  # make a run's data set (they run before its extract)
+
+
 def _output_of(argv: list[str]) -> tuple[str, ...]:
-    """The options of a logged command that name what it writes (--name, --out, --split), in argv order."""
-    return tuple(f"{a}={argv[i + 1]}" for i, a in enumerate(argv[:-1]) if a in ("--name", "--out", "--split"))
+    """The options of a logged command that name what it writes, in argv order: --name, --out, --split, --kind
+    (baseline) with their values, and --tvp / --no-tvp (train-tvp writes tvp.pt or ast.pt)."""
+    named = ("--name", "--out", "--split", "--kind")
+    valued = tuple(f"{a}={argv[i + 1]}" for i, a in enumerate(argv[:-1]) if a in named)
+    return valued + tuple(a for a in argv if a in ("--tvp", "--no-tvp"))
 
 
 def _describe_argv(argv: list[str]) -> str:
