@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import timm
 import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import Block
-import timm
 from torch import Tensor, nn
 
 from pcas_cli.errors import PcasError, fail
