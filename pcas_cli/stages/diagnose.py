@@ -22,7 +22,8 @@
    the weakly supervised Looking encoder learns from noisier labels.
 
 A diagnostic, like scoring: it reads the masks of train (2, 3, 4) and val (1, 4), and the visible maps (5), to
-measure, and nothing it computes feeds back into the pipeline. Writes <run>/metrics/<out>.json (diagnose.json) and prints a table.
+measure, and nothing it computes feeds back into the pipeline. Writes <run>/metrics/<out>.json (diagnose.json) and
+prints a table.
 """
 
 from __future__ import annotations
