@@ -204,7 +204,7 @@ def test_diagnose_visual_probe(run_dir: Path) -> None:
 
 
 def test_visible_classes_hand_values() -> None:
-    from pcas_cli.stages.diagnose import visible_classes
+    from pcas_cli.stages._common import classes_in_masks as visible_classes
 
     visible = np.zeros((2, 3, 3), np.uint8)
     visible[0, 0, 0], visible[0, 2, 2], visible[1, 1, 1] = 3, 1, 3  # frame 0: classes 2 and 0; frame 1: class 2

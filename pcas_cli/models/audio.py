@@ -179,6 +179,7 @@ class AudioEncoder(nn.Module):
         if input_norm not in ("none", "second"):
             raise ValueError(f"input_norm must be 'none' or 'second', got {input_norm!r}")
         self.input_norm = input_norm
+        self.grid = patch_grid(n_mels, frames_per_second, patch_size, tuple(patch_stride))
         if stem == "patch":
             self.patch_embed: nn.Module = nn.Conv2d(1, embed_dim, kernel_size=patch_size, stride=tuple(patch_stride))
         elif stem == "conv":
@@ -187,11 +188,9 @@ class AudioEncoder(nn.Module):
                                  f"({patch_size}, {patch_size}), got {tuple(patch_stride)}")
             self.patch_embed = ConvStem(embed_dim, patch_size)
         elif stem.startswith("timm:"):
-            self.patch_embed = TimmStem(stem.removeprefix("timm:"), embed_dim,
-                                        patch_grid(n_mels, frames_per_second, patch_size, tuple(patch_stride)))
+            self.patch_embed = TimmStem(stem.removeprefix("timm:"), embed_dim, self.grid)
         else:
             raise ValueError(f"stem must be 'patch', 'conv' or 'timm:<model>', got {stem!r}")
-        self.grid = patch_grid(n_mels, frames_per_second, patch_size, tuple(patch_stride))
         out = self.patch_embed(torch.zeros(1, 1, n_mels, frames_per_second))  # (1, D, f_dim, t_dim)
         if tuple(out.shape[-2:]) != self.grid:
             raise ValueError(f"the {stem} stem gives a {tuple(out.shape[-2:])} token grid on {n_mels} x "

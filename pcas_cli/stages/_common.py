@@ -319,13 +319,21 @@ def frame_classes_from_masks(masks: np.ndarray, mask_valid: np.ndarray, labels: 
     """
     t, c = masks.shape[0], labels.shape[0]
     out = np.zeros((t, c), np.uint8)
-    for i in range(t):
-        if not mask_valid[i]:
-            continue
-        if task == "semantic":
-            present = np.unique(masks[i])
-            present = present[(present > 0) & (present <= c)]
-            out[i, present - 1] = 1
-        elif masks[i].any():
-            out[i] = labels
+    valid = np.asarray(mask_valid, dtype=bool)
+    if task == "semantic":
+        out[valid] = classes_in_masks(masks[valid], c)
+    else:
+        out[valid & masks.reshape(t, -1).any(axis=1)] = labels
     return out
+
+
+def classes_in_masks(masks: np.ndarray, num_classes: int) -> np.ndarray:
+    """Classes present in each class-index map (class k -> value k + 1, 0 = none; other values ignored).
+
+    (T, H, W) -> (T, C) bool.
+    """
+    present = np.zeros((len(masks), num_classes + 1), dtype=bool)
+    for t, frame in enumerate(masks):
+        values = np.unique(frame)
+        present[t, values[values <= num_classes]] = True
+    return present[:, 1:]

@@ -45,8 +45,9 @@ from pcas_cli.losses import IGNORE, patch_labels_from_audio
 from pcas_cli.metrics_cls import mean_average_precision
 from pcas_cli.seed import seed_everything
 from pcas_cli.stages._common import (AudioCache, AudioModelConfig, VisualModelConfig, base_spec, build_audio,
-                                     build_visual, frame_classes_from_masks, frames_to_tensor, listen, listener_names,
-                                     open_features, resolve_device, run_paths, stage_config, visual_from_checkpoint)
+                                     build_visual, classes_in_masks, frame_classes_from_masks, frames_to_tensor,
+                                     listen, listener_names, open_features, resolve_device, run_paths, stage_config,
+                                     visual_from_checkpoint)
 from pcas_cli.stages._contrast import heard_classes, sounding_share
 from pcas_cli.training.data import AugmentConfig, spec_augment
 from pcas_cli.writing import write_json
@@ -228,17 +229,6 @@ def probe_report(cfg: DiagnoseConfig, device: torch.device, split_targets: Targe
             "chance_map": chance_map(y_va.numpy().astype(bool))}
 
 
-def visible_classes(visible: np.ndarray, num_classes: int) -> np.ndarray:
-    """Classes visible in each frame, from a visible-object map (class index + 1 per pixel, 0 = none).
-
-    (T, H, W) uint8 -> (T, C) bool.
-    """
-    present = np.zeros((len(visible), num_classes + 1), dtype=bool)
-    for t, frame in enumerate(visible):
-        present[t, np.unique(frame)] = True
-    return present[:, 1:]
-
-
 def _frame_pairs(features: ArtifactReader) -> np.ndarray:
     """(P, 2) int (clip, frame) of every valid frame."""
     return np.argwhere(np.asarray(features.read("frame_valid", slice(None)), dtype=bool))
@@ -256,7 +246,7 @@ def _visual_probe_scores(model: torch.nn.Module, features: ArtifactReader, devic
         if not valid.any():
             continue
         scores.append(torch.sigmoid(model(frames_to_tensor(c["frames"][valid], device)).logits).cpu().numpy())
-        visible.append(visible_classes(c["visible"][valid], len(features.classes)))
+        visible.append(classes_in_masks(c["visible"][valid], len(features.classes)))
         video.append(np.repeat(np.asarray(c["labels"], dtype=bool)[None], int(valid.sum()), axis=0))
     return np.concatenate(scores), np.concatenate(visible), np.concatenate(video)
 
@@ -277,7 +267,7 @@ def visual_probe_report(cfg: DiagnoseConfig, device: torch.device) -> dict[str, 
         picks = pairs[torch.randint(0, len(pairs), (cfg.probe_batch,), generator=gen).numpy()]
         # one frame per pick, read from its clip (memory does not grow with the split)
         frames = np.stack([train.read("frames", int(i))[t] for i, t in picks])
-        target = visible_classes(np.stack([train.read("visible", int(i))[t] for i, t in picks]), num_classes)
+        target = classes_in_masks(np.stack([train.read("visible", int(i))[t] for i, t in picks]), num_classes)
         return model(frames_to_tensor(frames, device)).logits, torch.from_numpy(target).float().to(device)
 
     train_probe(model, batch, cfg.visual_probe_steps, cfg.visual_probe_lr, weight_decay=0.05, pct_start=0.1,
