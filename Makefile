@@ -60,36 +60,46 @@ $(RAW)/avdigits-%/.complete: stages/build-avdigits.toml | $(STAMP)
 # The raw data folder of run R is $(RAW)/R; its layout is the part after the last '-'.
 layout = $(lastword $(subst -, ,$(1)))
 # Data-set presets: when stages/presets/<D>.toml exists, every training / labelling stage of a run named <D>-<layout>
-# gets `--preset <D>` (e.g. avdigits). A preset can touch any stage, so it is a prerequisite of the run's root (its features).
+# gets `--preset <D>` (e.g. avdigits). Each stage depends on its own section of the preset, not on the whole file:
+# $(SECTIONS)/<D>/<stage>.json is that section as canonical JSON, rewritten only when it changes (pcas_cli.preset_sections),
+# so editing the preset's [align] section reruns align onward and nothing upstream. Its recipe is marked `+` so that
+# `make -n` runs it too and lists exactly what would rerun.
 dataset = $(firstword $(subst -, ,$(1)))
 preset_file = $(wildcard stages/presets/$(call dataset,$(1)).toml)
 PRESET = $(if $(call preset_file,$*),--preset $(call dataset,$*))
+SECTIONS := $(RUNS)/.preset-sections
+PY ?= $(BIN)/python
+# The config files stage $(2) of run $(1) reads: its stage TOML, and its preset section when the run has a preset.
+stage_cfg = stages/$(2).toml $(if $(call preset_file,$(1)),$(SECTIONS)/$(call dataset,$(1))/$(2).json)
 .SECONDEXPANSION:
 
+$(SECTIONS)/%.json: $$(wildcard stages/presets/$$(firstword $$(subst /, ,$$*)).toml) | $(STAMP)
+	+$(PY) -m pcas_cli.preset_sections $< $(notdir $*) $@
+
 $(RUNS)/%/features/train.h5 $(RUNS)/%/features/val.h5 $(RUNS)/%/features/test.h5 &: \
-		$(RAW)/%/.complete stages/extract.toml $$(call preset_file,$$*) | $(STAMP)
+		$(RAW)/%/.complete $$(call stage_cfg,$$*,extract) | $(STAMP)
 	$(PCAS) extract --layout $(call layout,$*) --root $(RAW)/$* --run $(RUNS)/$* $(PRESET)
 
 FEATS = $(RUNS)/%/features/train.h5 $(RUNS)/%/features/val.h5 $(RUNS)/%/features/test.h5
 
-$(RUNS)/%/ckpt/visual.pt: $(FEATS) stages/train-visual.toml
+$(RUNS)/%/ckpt/visual.pt: $(FEATS) $$(call stage_cfg,$$*,train-visual)
 	$(PCAS) train-visual --run $(RUNS)/$* $(PRESET)
 
-$(RUNS)/%/ckpt/tvp.pt: $(RUNS)/%/ckpt/visual.pt stages/train-tvp.toml
+$(RUNS)/%/ckpt/tvp.pt: $(RUNS)/%/ckpt/visual.pt $$(call stage_cfg,$$*,train-tvp)
 	$(PCAS) train-tvp --run $(RUNS)/$* --tvp $(PRESET)
 
-$(RUNS)/%/ckpt/ast.pt: $(RUNS)/%/ckpt/visual.pt stages/train-tvp.toml
+$(RUNS)/%/ckpt/ast.pt: $(RUNS)/%/ckpt/visual.pt $$(call stage_cfg,$$*,train-tvp)
 	$(PCAS) train-tvp --run $(RUNS)/$* --no-tvp $(PRESET)
 
 # align, refine and pseudo-label hear with tvp.pt confirmed by the audio-only ast.pt (co_listener in their configs).
-$(RUNS)/%/ckpt/align.pt: $(RUNS)/%/ckpt/tvp.pt $(RUNS)/%/ckpt/ast.pt stages/align.toml
+$(RUNS)/%/ckpt/align.pt: $(RUNS)/%/ckpt/tvp.pt $(RUNS)/%/ckpt/ast.pt $$(call stage_cfg,$$*,align)
 	$(PCAS) align --run $(RUNS)/$* $(PRESET)
 
-$(RUNS)/%/ckpt/refine.pt: $(RUNS)/%/ckpt/align.pt stages/refine.toml
+$(RUNS)/%/ckpt/refine.pt: $(RUNS)/%/ckpt/align.pt $$(call stage_cfg,$$*,refine)
 	$(PCAS) refine --run $(RUNS)/$* $(PRESET)
 
 # PCAS masks: threshold chosen on val, then test; dense CRF on test.
-$(RUNS)/%/pseudo/val.h5: $(RUNS)/%/ckpt/refine.pt stages/pseudo-label.toml
+$(RUNS)/%/pseudo/val.h5: $(RUNS)/%/ckpt/refine.pt $$(call stage_cfg,$$*,pseudo-label)
 	$(PCAS) pseudo-label --run $(RUNS)/$* --split val $(PRESET)
 $(RUNS)/%/pseudo/test.h5: $(RUNS)/%/pseudo/val.h5
 	$(PCAS) pseudo-label --run $(RUNS)/$* --split test $(PRESET)
@@ -97,11 +107,11 @@ $(RUNS)/%/crf/test.h5: $(RUNS)/%/pseudo/test.h5 stages/crf.toml
 	$(PCAS) crf --features $(RUNS)/$*/features/test.h5 --predictions $< --out $@
 
 # Baselines in the same pipeline and backbone (paper Table 1): visual-only CAM, audio-visual similarity map.
-$(RUNS)/%/baselines/cam/val.h5: $(RUNS)/%/ckpt/visual.pt stages/pseudo-label.toml
+$(RUNS)/%/baselines/cam/val.h5: $(RUNS)/%/ckpt/visual.pt $$(call stage_cfg,$$*,pseudo-label)
 	$(PCAS) pseudo-label --run $(RUNS)/$* --split val --weights visual --listener '' --out baselines/cam $(PRESET)
 $(RUNS)/%/baselines/cam/test.h5: $(RUNS)/%/baselines/cam/val.h5
 	$(PCAS) pseudo-label --run $(RUNS)/$* --split test --weights visual --listener '' --out baselines/cam $(PRESET)
-$(RUNS)/%/baselines/similarity/val.h5: $(RUNS)/%/ckpt/align.pt stages/pseudo-label.toml
+$(RUNS)/%/baselines/similarity/val.h5: $(RUNS)/%/ckpt/align.pt $$(call stage_cfg,$$*,pseudo-label)
 	$(PCAS) pseudo-label --run $(RUNS)/$* --split val --weights align --mode similarity --out baselines/similarity $(PRESET)
 $(RUNS)/%/baselines/similarity/test.h5: $(RUNS)/%/baselines/similarity/val.h5
 	$(PCAS) pseudo-label --run $(RUNS)/$* --split test --weights align --mode similarity --out baselines/similarity $(PRESET)
@@ -111,7 +121,7 @@ $(RUNS)/%/baselines/visible/test.h5: $(RUNS)/%/features/test.h5
 	$(PCAS) baseline --run $(RUNS)/$* --kind visible
 
 # Fully supervised upper bound (same backbone, FPN decoder, ground-truth train masks).
-$(RUNS)/%/supervised/test.h5: $(FEATS) stages/train-supervised.toml
+$(RUNS)/%/supervised/test.h5: $(FEATS) $$(call stage_cfg,$$*,train-supervised)
 	$(PCAS) train-supervised --run $(RUNS)/$* $(PRESET)
 
 # Final segmentation network (pcas train-seg, as ToCo / WS-AVS): the upper bound's recipe trained on the train
@@ -120,7 +130,7 @@ $(RUNS)/%/pseudo/train.h5: $(RUNS)/%/pseudo/val.h5
 	$(PCAS) pseudo-label --run $(RUNS)/$* --split train $(PRESET)
 $(RUNS)/%/crf/train.h5: $(RUNS)/%/pseudo/train.h5 stages/crf.toml
 	$(PCAS) crf --features $(RUNS)/$*/features/train.h5 --predictions $< --out $@
-$(RUNS)/%/seg/test.h5: $(RUNS)/%/crf/train.h5 stages/train-seg.toml
+$(RUNS)/%/seg/test.h5: $(RUNS)/%/crf/train.h5 $$(call stage_cfg,$$*,train-seg)
 	$(PCAS) train-seg --run $(RUNS)/$* $(PRESET)
 
 # Scores: metrics/<method>.json on test.
@@ -143,7 +153,7 @@ $(RUNS)/%/metrics/seg.json: $(RUNS)/%/seg/test.h5 stages/eval.toml
 	$(EVAL) --name "PCAS + segmentation network"
 
 # What align / refine / pseudo-label hear (tvp.pt confirmed by ast.pt), per second on val: Table 3's last row.
-$(RUNS)/%/metrics/listeners.json: $(RUNS)/%/ckpt/tvp.pt $(RUNS)/%/ckpt/ast.pt stages/diagnose.toml
+$(RUNS)/%/metrics/listeners.json: $(RUNS)/%/ckpt/tvp.pt $(RUNS)/%/ckpt/ast.pt $$(call stage_cfg,$$*,diagnose)
 	$(PCAS) diagnose --run $(RUNS)/$* --set out=listeners $(PRESET)
 
 # "visible" needs the generator's visible-object maps, which only the AVSS layout stores.
@@ -165,7 +175,7 @@ reproduce-seg: $(REPRODUCE) $(RUNS)/synth-avss/metrics/seg.json
 # (CMPC / CMCC on or off); with a module off only the classification loss trains. So rows differ in their modules,
 # not in their training length (the full PCAS row is align.pt -> refine.pt). align-nocmc.pt is the align stage
 # without CMC.
-$(RUNS)/%/ckpt/align-nocmc.pt: $(RUNS)/%/ckpt/tvp.pt $(RUNS)/%/ckpt/ast.pt stages/align.toml
+$(RUNS)/%/ckpt/align-nocmc.pt: $(RUNS)/%/ckpt/tvp.pt $(RUNS)/%/ckpt/ast.pt $$(call stage_cfg,$$*,align)
 	$(PCAS) align --run $(RUNS)/$* --name align-nocmc --no-cmc $(PRESET)
 # refine variants: name -> the checkpoint it starts from, and its module flags
 ABL_INIT_none = align-nocmc
@@ -183,7 +193,7 @@ ABL_FLAGS_cmpc-cmcc = --no-cmc --cmpc --cmcc
 ABL_FLAGS_cmc-cmpc = --cmc --cmpc --no-cmcc
 ABL_FLAGS_cmc-cmcc = --cmc --no-cmpc --cmcc
 define REFINE_VARIANT
-$$(RUNS)/%/ckpt/refine-$(1).pt: $$(RUNS)/%/ckpt/$$(ABL_INIT_$(1)).pt stages/refine.toml
+$$(RUNS)/%/ckpt/refine-$(1).pt: $$(RUNS)/%/ckpt/$$(ABL_INIT_$(1)).pt $$$$(call stage_cfg,$$$$*,refine)
 	$$(PCAS) refine --run $$(RUNS)/$$* --name refine-$(1) --init $$(ABL_INIT_$(1)) $$(ABL_FLAGS_$(1)) $$(PRESET)
 endef
 REFINE_VARIANTS = none cmc cmpc cmcc cmpc-cmcc cmc-cmpc cmc-cmcc
@@ -193,7 +203,7 @@ $(foreach v,$(REFINE_VARIANTS),$(eval $(call REFINE_VARIANT,$(v))))
 # as train-visual left it, with no align / refine training at all.
 define ABLATION_ROW
 $$(RUNS)/%/ablations/$(1)/val.h5: $$(RUNS)/%/ckpt/$(2).pt $$(RUNS)/%/ckpt/tvp.pt $$(RUNS)/%/ckpt/ast.pt \
-		stages/pseudo-label.toml
+		$$$$(call stage_cfg,$$$$*,pseudo-label)
 	$$(PCAS) pseudo-label --run $$(RUNS)/$$* --split val --weights $(2) --out ablations/$(1) $$(PRESET)
 $$(RUNS)/%/ablations/$(1)/test.h5: $$(RUNS)/%/ablations/$(1)/val.h5
 	$$(PCAS) pseudo-label --run $$(RUNS)/$$* --split test --weights $(2) --out ablations/$(1) $$(PRESET)
@@ -208,7 +218,7 @@ ABLATIONS = none cmc cmpc cmcc cmpc-cmcc cmc-cmpc cmc-cmcc all plain
 # What CMPC trains on: its patch labels (eq. 2) scored against the train masks, with and without CMC (a diagnostic;
 # README, "Which patches sound").
 PATCH_LABEL_WEIGHTS = '["align-nocmc", "refine-cmpc", "align", "refine"]'
-$(RUNS)/%/metrics/patch-labels.json: $(RUNS)/%/ckpt/refine.pt $(RUNS)/%/ckpt/refine-cmpc.pt stages/diagnose.toml
+$(RUNS)/%/metrics/patch-labels.json: $(RUNS)/%/ckpt/refine.pt $(RUNS)/%/ckpt/refine-cmpc.pt $$(call stage_cfg,$$*,diagnose)
 	$(PCAS) diagnose --run $(RUNS)/$* --set out=patch-labels --set patch_labels=$(PATCH_LABEL_WEIGHTS) $(PRESET)
 ablation_metrics = $(foreach a,$(ABLATIONS),$(RUNS)/$(1)/metrics/ablation-$(a).json) $(RUNS)/$(1)/metrics/patch-labels.json
 

@@ -28,3 +28,32 @@ def test_sounding_share_counts_real_frames_with_a_heard_labelled_class(tmp_path)
     assert sounding_share(cache, feats, 0.5) == pytest.approx(1 / 3)  # 1 of the 3 real frames
     assert sounding_share(cache, feats, 0.3) == pytest.approx(2 / 3)  # clip 1, t=0: b at 0.4
     assert sounding_share(cache, feats, 0.95) == 0.0
+
+
+def test_head_grad_scale_zero_trains_the_heads_and_leaves_the_encoder_to_the_other_terms():
+    from pcas_cli.models import build_visual_encoder
+    from pcas_cli.stages._common import PCASModel, ProjectionConfig, scale_grad
+
+    x = torch.tensor([1.0, 2.0], requires_grad=True)
+    y = scale_grad(x, 0.25)
+    assert torch.equal(y, x)  # forward unchanged
+    (3 * y).sum().backward()
+    assert torch.allclose(x.grad, torch.full((2,), 0.75))  # gradient 3 scaled by 0.25
+
+    torch.manual_seed(0)
+    visual = build_visual_encoder("vit_tiny_p8", 3, 32, embed_dim=16, depth=1, num_heads=2)
+    model = PCASModel(visual, audio_dim=8, proj=ProjectionConfig(dim=4, hidden=8))
+    images, audio = torch.rand(2, 3, 32, 32), torch.randn(2, 8)
+    grads = {}
+    for scale in (1.0, 0.0):
+        model.zero_grad()
+        out = model(images, audio_tokens=audio, head_grad_scale=scale)
+        (out["z_video"].sum() + out["z_cls"].sum() + (out["z_patch"] * out["z_audio"][:, None]).sum()).backward()
+        grads[scale] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    encoder = [n for n in grads[1.0] if n.startswith("visual.")]
+    assert encoder and all(grads[1.0][n].abs().sum() > 0 for n in encoder if "head" not in n)
+    assert all(grads[0.0][n].abs().sum() == 0 for n in grads[0.0] if n.startswith("visual."))  # none reaches it
+    for n in ("proj_audio", "proj_patch", "proj_cls"):  # the heads' gradients are the same either way
+        for k in grads[1.0]:
+            if k.startswith(n):
+                assert torch.allclose(grads[1.0][k], grads[0.0][k])

@@ -5,29 +5,42 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# The preset-section recipes run python -m pcas_cli.preset_sections: use this interpreter (a copied tree has no .venv).
+MAKE_VARS = (f"PY={sys.executable}",)
 
 
-def _commands_after_touching(tmp_path: Path, toml: str, target: str = "reproduce-ablations") -> str:
+def _up_to_date_tree(tmp_path: Path, target: str) -> None:
+    """A copy of the project's Makefile and stages/ in which every artifact of `target` is up to date."""
     for name in ("Makefile", "pyproject.toml"):
         shutil.copy(ROOT / name, tmp_path / name)
     shutil.copytree(ROOT / "stages", tmp_path / "stages")
-    # Mark every artifact up to date without running anything (`make -t`), then ask what would rerun if `toml`
-    # changed. `make -t` touches files but does not create folders: create each folder it names, and go again.
+    # `make -t` marks every artifact up to date without running anything (except the `+` preset-section recipes),
+    # but does not create folders: create each folder it names, and go again.
     for _ in range(500):
-        done = subprocess.run(["make", "-s", "-t", target], cwd=tmp_path, capture_output=True, text=True)
+        done = subprocess.run(["make", "-s", "-t", *MAKE_VARS, target], cwd=tmp_path, capture_output=True, text=True)
         if done.returncode == 0:
             break
         missing = re.search(r"touch: open: (.+?): No such file", done.stderr)
         assert missing, done.stderr
         (tmp_path / missing.group(1)).parent.mkdir(parents=True)
-    out = subprocess.run(["make", "-n", "-W", f"stages/{toml}", target], cwd=tmp_path, check=True,
-                         capture_output=True, text=True).stdout
+
+
+def _dry_run(tmp_path: Path, target: str, *flags: str) -> str:
+    """The pcas commands `make -n` would run (the preset-section recipes, marked `+`, do run)."""
+    out = subprocess.run(["make", "-n", *MAKE_VARS, *flags, target], cwd=tmp_path, check=True, capture_output=True,
+                         text=True).stdout
     return "\n".join(line for line in out.splitlines() if "pcas " in line and " report " not in line)
+
+
+def _commands_after_touching(tmp_path: Path, toml: str, target: str = "reproduce-ablations") -> str:
+    _up_to_date_tree(tmp_path, target)
+    return _dry_run(tmp_path, target, "-W", f"stages/{toml}")
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="GNU make not installed")
@@ -51,16 +64,17 @@ def test_touching_eval_config_reruns_only_scoring(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="GNU make not installed")
 def test_a_data_set_preset_applies_to_its_runs_only(tmp_path: Path) -> None:
-    """stages/presets/avdigits.toml: every training / labelling stage of avdigits-* runs gets --preset avdigits and
-    reruns when the preset changes; the synth runs neither get it nor rerun."""
-    out = _commands_after_touching(tmp_path, "presets/avdigits.toml", target="bench-avdigits")
+    """stages/presets/avdigits.toml: every training / labelling stage of avdigits-* runs gets --preset avdigits; the
+    synth runs neither get it nor rerun when it changes."""
+    _up_to_date_tree(tmp_path, "bench-avdigits")
+    out = _dry_run(tmp_path, "bench-avdigits", "-B")  # every command, as a fresh run would
     assert "pcas train-visual --run data/runs/avdigits-avss --preset avdigits" in out
     assert "pcas train-tvp --run data/runs/avdigits-avss --tvp --preset avdigits" in out
     assert "pcas refine --run data/runs/avdigits-avss --name refine-cmpc" in out
     stages = set()
     for line in out.splitlines():
         stage = line.split()[1]
-        assert ("--preset avdigits" in line) == (stage not in ("eval", "crf", "baseline")), line
+        assert ("--preset avdigits" in line) == (stage not in ("eval", "crf", "baseline", "build-avdigits")), line
         stages.add(stage)
     from typer.testing import CliRunner
 
@@ -68,11 +82,37 @@ def test_a_data_set_preset_applies_to_its_runs_only(tmp_path: Path) -> None:
 
     assert {"extract", "train-visual", "train-tvp", "align", "refine", "pseudo-label", "diagnose", "train-supervised",
             "train-seg"} <= stages
-    for stage in stages - {"eval", "crf", "baseline"}:  # each command that gets --preset accepts it
+    for stage in stages - {"eval", "crf", "baseline", "build-avdigits"}:  # each command that gets --preset takes it
         assert "--preset" in CliRunner().invoke(app, [stage, "--help"], terminal_width=200).output, stage
     (tmp_path / "synth").mkdir()
-    synth = _commands_after_touching(tmp_path / "synth", "presets/avdigits.toml", target="reproduce")
-    assert synth == ""
-    listed = subprocess.run(["make", "-n", "-B", "data/runs/synth-avss/ckpt/align.pt"], cwd=tmp_path / "synth",
-                            check=True, capture_output=True, text=True).stdout
+    _up_to_date_tree(tmp_path / "synth", "reproduce")
+    _edit_align_section(tmp_path / "synth")
+    assert _dry_run(tmp_path / "synth", "reproduce") == ""
+    listed = _dry_run(tmp_path / "synth", "data/runs/synth-avss/ckpt/align.pt", "-B")
     assert "pcas align --run data/runs/synth-avss" in listed and "--preset" not in listed
+
+
+def _edit_align_section(root: Path) -> None:
+    preset = root / "stages" / "presets" / "avdigits.toml"
+    text = preset.read_text()
+    edited = text.replace("[align]\noptim = { epochs = 1,", "[align]\noptim = { epochs = 2,")
+    assert edited != text, "the test expects the preset's [align] section to set optim.epochs = 1"
+    preset.write_text(edited)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make not installed")
+def test_editing_one_preset_section_reruns_that_stage_onward_only(tmp_path: Path) -> None:
+    _up_to_date_tree(tmp_path, "bench-avdigits")
+    preset = tmp_path / "stages" / "presets" / "avdigits.toml"
+    preset.write_text(preset.read_text() + "\n# a comment changes no section\n")
+    assert _dry_run(tmp_path, "bench-avdigits") == ""
+    _edit_align_section(tmp_path)
+    out = _dry_run(tmp_path, "bench-avdigits")
+    for downstream in ("pcas align --run data/runs/avdigits-avss --preset avdigits",
+                       "pcas refine --run data/runs/avdigits-avss --preset avdigits",
+                       "pcas pseudo-label --run data/runs/avdigits-avss --split val --preset avdigits",
+                       "--out baselines/similarity", "pcas crf", "pcas eval"):
+        assert downstream in out
+    for upstream in ("pcas build-avdigits", "pcas extract", "pcas train-visual", "pcas train-tvp",
+                     "pcas train-supervised", "--out baselines/cam", "out=listeners"):
+        assert upstream not in out

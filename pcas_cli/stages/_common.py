@@ -84,6 +84,11 @@ def feature_key(split: str) -> str:
 # ---- model bundle ----------------------------------------------------------------------------------------------
 
 
+def scale_grad(x: Tensor, scale: float) -> Tensor:
+    """x in the forward pass; its gradient times `scale` in the backward pass."""
+    return x if scale == 1.0 else x.detach() + scale * (x - x.detach())
+
+
 class PCASModel(nn.Module):
     """The modules PCAS trains. Holds the visual encoder and, from `align` on, the CMC projection heads.
 
@@ -107,14 +112,16 @@ class PCASModel(nn.Module):
     def has_projections(self) -> bool:
         return self.proj_audio is not None
 
-    def forward(self, images: Tensor, audio_tokens: Tensor | None = None, crops: Tensor | None = None
-                ) -> dict[str, Any]:
+    def forward(self, images: Tensor, audio_tokens: Tensor | None = None, crops: Tensor | None = None,
+                head_grad_scale: float = 1.0) -> dict[str, Any]:
         """Everything one training step needs, in one call (so DistributedDataParallel sees a single forward).
 
         Args:
             images: (B, 3, H, W) frames in [0, 1].
             audio_tokens: (B, Da) the audio token a_t of each frame's second (frozen listener), or None.
             crops: (B, K, 3, h, w) local crops of each frame (CMCC), or None.
+            head_grad_scale: the gradient that z_patch / z_video / z_cls send back into the encoder is multiplied
+                by this (0: only the heads learn from them); the forward values are unchanged. z_crop is not scaled.
 
         Returns:
             "visual": VisualOutput; with projections and audio tokens also "z_audio" (B, P), "z_patch" (B, N, P),
@@ -123,12 +130,13 @@ class PCASModel(nn.Module):
         out = self.visual(images)
         res: dict[str, Any] = {"visual": out}
         if self.has_projections and audio_tokens is not None:
+            patch_tokens, cls_token = (scale_grad(t, head_grad_scale) for t in (out.patch_tokens, out.cls_token))
             res["z_audio"] = self.proj_audio(audio_tokens)
-            res["z_patch"] = self.proj_patch(out.patch_tokens)
+            res["z_patch"] = self.proj_patch(patch_tokens)
             # Video semantic token: max over patches, the multiple-instance pooling that lets a frame match a sound
             # made by one object among several (mean pooling would mix in silent objects and background).
             res["z_video"] = torch.nn.functional.normalize(res["z_patch"].amax(dim=1), dim=-1)
-            res["z_cls"] = self.proj_cls(out.cls_token)
+            res["z_cls"] = self.proj_cls(cls_token)
         if crops is not None and self.has_projections:
             b, k = crops.shape[:2]
             crop_out = self.visual(crops.flatten(0, 1))

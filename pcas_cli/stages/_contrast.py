@@ -78,6 +78,9 @@ class ContrastConfig:
     cmc_patch_match: bool = True  # CMC scores an audio token against a video by its best-matching patch (EZ-VSL's
     # multiple-instance matching), which trains the patch-level similarity CMPC labels from; False: against the
     # max-pooled video token (measured: README, "Which patches sound")
+    cmc_encoder_grad: float = 1.0  # CMC's gradient into the visual encoder is scaled by this; 0: CMC trains only the
+    # projection heads, i.e. the audio-patch similarity that CMPC / CMCC label from, and the encoder learns from the
+    # classification loss, CMPC and CMCC (z_patch / z_video / z_cls feed only CMC; CMCC's crops are not scaled)
     audio_threshold: float = 0.5  # a class sounds in second t when the listener's probability exceeds this
     weights: LossWeights = field(default_factory=LossWeights)  # loss weights
     cmpc_params: CMPCParams = field(default_factory=CMPCParams)  # CMPC thresholds
@@ -140,7 +143,7 @@ class ContrastTask(TrainTask):
         if cfg.cmcc:
             boxes = random_boxes(len(images), cfg.cmcc_params.crops, cfg.cmcc_params.crop_fraction)
             crops = cut_crops(images, boxes, cfg.cmcc_params.crop_size)
-        out = model(images, audio_tokens=a_t, crops=crops)
+        out = model(images, audio_tokens=a_t, crops=crops, head_grad_scale=cfg.cmc_encoder_grad)
         v = out["visual"]
         terms = {"cls": cfg.weights.cls * multilabel_loss(v.logits, labels)}
         if cfg.cmc:
