@@ -263,13 +263,17 @@ def crf(
     features: Optional[Path] = typer.Option(None, help="features artifact (RGB frames)"),
     predictions: Optional[Path] = typer.Option(None, help="predictions artifact with soft scores"),
     out: Optional[Path] = typer.Option(None, help="refined predictions artifact"),
-    preset: Optional[str] = typer.Option(None, "--crf-preset", help="toco_cam | toco_seg | psa (config default: toco_cam)"),
+    preset: Optional[str] = typer.Option(None, "--crf-preset", help="toco_cam | toco_seg | psa | none, optionally "
+                                         "@<sxy_scale>, e.g. psa@0.25 (config default: toco_cam)"),
+    choose_on_val: Optional[bool] = typer.Option(None, "--choose-on-val/--fixed-kernel", help="choose the kernel "
+                                                 "among `candidates` by the mIoU on the val.h5 next to the features "
+                                                 "and predictions (stages/crf.toml: on)"),
     workers: Optional[int] = typer.Option(None, help="worker processes, 0 = number of cores (config default: 0)"),
     config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
 ) -> None:
     """Dense CRF refinement of soft scores with the RGB frame (pydensecrf, parallel, resumable)."""
     _call("crf", config, None, set_, features=features, predictions=predictions, out=out, preset=preset,
-          workers=workers)
+          choose_on_val=choose_on_val, workers=workers)
 
 
 @app.command("eval")

@@ -165,19 +165,21 @@ T, H, W = 2, 16, 16
 CLASSES = ["guitar", "dog"]
 
 
-def _features(path: Path, ids=("c0", "c1", "c2")) -> Path:
+def _features(path: Path, ids=("c0", "c1", "c2"), masks: np.ndarray | None = None) -> Path:
     dims = {"T": T, "H": H, "W": W, "F": 3, "M": 4, "C": len(CLASSES)}
     meta = {"classes": CLASSES, "task": "semantic"}
     with ArtifactWriter(path, "features", dims, meta, {"stage": "extract"}) as w:
         for i, cid in enumerate(ids):
             image, _ = _two_colour(H, W, 8)
             w.append(clip_id=cid, subset="v2", frames=np.stack([image] * T), fbank=np.zeros((T, 3, 4)),
-                     labels=np.array([1, 0]), masks=np.zeros((T, H, W)), mask_valid=np.ones(T, bool),
+                     labels=np.array([1, 0]), masks=np.zeros((T, H, W)) if masks is None else masks,
+                     mask_valid=np.ones(T, bool),
                      frame_valid=np.array([True, i != 2]), visible=np.zeros((T, H, W)))
     return path
 
 
-def _predictions(path: Path, ids=("c0", "c1", "c2"), size: int = H, inputs: dict | None = None) -> Path:
+def _predictions(path: Path, ids=("c0", "c1", "c2"), size: int = H, inputs: dict | None = None, seed: int = 100
+                 ) -> Path:
     dims = {"T": T, "K": 1 + len(CLASSES), "H": size, "W": size, "A": len(CLASSES)}
     meta = {"classes": CLASSES, "audio_classes": CLASSES, "task": "semantic"}
     prov = {"stage": "pseudo-label", "inputs": inputs if inputs is not None else {}}
@@ -185,7 +187,7 @@ def _predictions(path: Path, ids=("c0", "c1", "c2"), size: int = H, inputs: dict
         for i, cid in enumerate(ids):
             scores = np.zeros((T, 3, size, size), np.float32)
             for t in range(T):
-                fg = _noisy_fg(size, size, size // 2, shift=2, seed=100 + 10 * i + t)
+                fg = _noisy_fg(size, size, size // 2, shift=2, seed=seed + 10 * i + t)
                 scores[t, 0], scores[t, 1] = 1 - fg, fg  # class "dog" (channel 2) absent
             w.append(clip_id=cid, scores=scores, masks=scores.argmax(1), frame_classes=np.full((T, 2), 0.25 * i))
     return path
@@ -277,3 +279,53 @@ def test_stage_config_file_loads():
     cfg = load_config(CRFConfig, "crf", REPO / "stages" / "crf.toml", overrides={"workers": 2})
     assert cfg.preset == "toco_cam" and cfg.workers == 2 and cfg.resume is True
     assert isinstance(cfg.features, Path)
+
+
+def _split_tree(tmp_path: Path, val_masks: np.ndarray | None, test_masks: np.ndarray | None = None) -> tuple:
+    """features/{val,test}.h5 and pseudo/{val,test}.h5 as a run lays them out."""
+    (tmp_path / "features").mkdir(parents=True)
+    (tmp_path / "pseudo").mkdir()
+    fv = _features(tmp_path / "features" / "val.h5", masks=val_masks)
+    ft = _features(tmp_path / "features" / "test.h5", masks=test_masks)
+    _predictions(tmp_path / "pseudo" / "val.h5", inputs={str(fv): read_features(fv).artifact_id})
+    pt = _predictions(tmp_path / "pseudo" / "test.h5", inputs={str(ft): read_features(ft).artifact_id}, seed=500)
+    return ft, pt
+
+
+def test_choose_on_val_picks_the_kernel_with_the_best_val_miou(tmp_path):
+    _, truth = _two_colour(H, W, 8)
+    feats, preds = _split_tree(tmp_path, val_masks=np.stack([truth] * T))  # val masks: the colour edge
+    cfg = _cfg(feats, preds, tmp_path / "crf.h5", choose_on_val=True, candidates=("none", "toco_cam"))
+    out = read_predictions(run(cfg))
+    choice = out.provenance["crf_choice"]
+    assert choice["chosen"] == "toco_cam" and choice["val_miou"]["toco_cam"] > choice["val_miou"]["none"]
+    assert str(tmp_path / "pseudo" / "val.h5") in out.provenance["inputs"]  # val's predictions are an input
+    fixed = read_predictions(run(_cfg(feats, preds, tmp_path / "fixed.h5", preset="toco_cam")))
+    for i in range(3):
+        np.testing.assert_array_equal(out.read("masks", i), fixed.read("masks", i))
+    # The test split's masks are never read: other test masks, the same refined predictions.
+    other = _split_tree(tmp_path / "other", val_masks=np.stack([truth] * T), test_masks=np.ones((T, H, W)))
+    again = read_predictions(run(_cfg(*other, tmp_path / "again.h5", choose_on_val=True,
+                                      candidates=("none", "toco_cam"))))
+    for i in range(3):
+        np.testing.assert_array_equal(again.read("scores", i), out.read("scores", i))
+
+
+def test_choose_on_val_keeps_the_predictions_when_no_crf_scores_best(tmp_path):
+    val_preds_masks = read_predictions(_predictions(tmp_path / "probe.h5")).read("masks", 0)  # clip c0's masks
+    feats, preds = _split_tree(tmp_path, val_masks=val_preds_masks)  # val masks = the unrefined c0 predictions
+    out = read_predictions(run(_cfg(feats, preds, tmp_path / "crf.h5", choose_on_val=True,
+                                    candidates=("none", "toco_cam"))))
+    assert out.provenance["crf_choice"]["chosen"] == "none"
+    src = read_predictions(preds)
+    for i in range(3):
+        np.testing.assert_array_equal(out.read("scores", i), src.read("scores", i))
+
+
+def test_choose_on_val_needs_the_val_split(pair, tmp_path):
+    feats, preds = pair
+    with pytest.raises(PcasError, match=r"val\.h5: not found"):
+        run(_cfg(feats, preds, tmp_path / "a.h5", choose_on_val=True))
+    with pytest.raises(PcasError, match="crf kernel 'psa@x'"):
+        run(_cfg(feats, preds, tmp_path / "b.h5", preset="psa@x"))
+    assert not (tmp_path / "a.h5").exists()
