@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pcas_cli.artifacts import ArtifactWriter
 from pcas_cli.stages.report import README_END, README_START, ReportConfig, run
 
 
@@ -23,6 +24,12 @@ def test_tables_and_readme_block(tmp_path: Path, monkeypatch) -> None:
     (runs / "x-avss/metrics/audio-tvp.json").write_text(json.dumps({"map": 0.8, "exact_acc": 0.5, "frames": 10}))
     (runs / "x-s4/metrics/listeners.json").write_text(json.dumps({"val": {"map": 0.9, "exact_set": 0.7,
                                                                            "frames": 10}}))
+    # the CRF artifact records which kernel val chose (pcas crf --choose-on-val)
+    choice = {"chosen": "psa@0.25", "val_miou": {"none": 0.4, "psa@0.25": 0.5}}
+    with ArtifactWriter(runs / "x-avss/crf/test.h5", "predictions", {"T": 1, "K": 2, "H": 2, "W": 2, "A": 1},
+                        {"classes": ["a"], "audio_classes": ["a"], "task": "semantic"},
+                        {"stage": "crf", "crf_choice": choice}):
+        pass
     timings = tmp_path / "timings.jsonl"
     log = [("refine", ["--no-cmc"], 12.5),
            # the same output written twice with other options: only the latest run is shown
@@ -51,6 +58,7 @@ def test_tables_and_readme_block(tmp_path: Path, monkeypatch) -> None:
     assert "--init visual" not in text and "| all | | 46.5 | 900 |" in text and "`align`" not in text
     for row in ("baseline --kind background", "baseline --kind visible", "train-tvp --tvp", "train-tvp --no-tvp"):
         assert f"| x-avss | `{row}` |" in text
+    assert "CRF kernel chosen on val: psa@0.25 (val mIoU x100: none 40.00, psa@0.25 50.00)." in text
     assert "| ring | 19.00 | 3.00 | -16.00 |" in text and "| drum | 50.00 | 60.00 | +10.00 |" in text  # CRF check
     data = json.loads((tmp_path / "results/x.json").read_text())
     assert data["table2"]["pcas"]["relative_to_supervised"] == 0.8

@@ -172,7 +172,22 @@ def crf_per_class_table(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
             continue
         data[name] = {"before": b["iou"], "after": a["iou"]}
         lines.append(f"| {name} | {_pct(b['iou'])} | {_pct(a['iou'])} | {100 * (a['iou'] - b['iou']):+.2f} |")
+    choice = crf_choice(Path(cfg.runs) / run / "crf/test.h5")
+    if choice:
+        data["crf_choice"] = choice
+        tried = ", ".join(f"{k} {_pct(v)}" for k, v in choice["val_miou"].items())
+        lines += ["", f"CRF kernel chosen on val: {choice['chosen']} (val mIoU x100: {tried})."]
     return lines, data
+
+
+def crf_choice(path: Path) -> dict[str, Any] | None:
+    """The kernel comparison `pcas crf --choose-on-val` stored in a CRF artifact's provenance, if any."""
+    from pcas_cli.artifacts import read_predictions
+
+    if not path.exists():
+        return None
+    with read_predictions(path) as preds:
+        return preds.provenance.get("crf_choice")
 
 
 def listener_hears_right(feats: Any, pcas: Any, i: int) -> np.ndarray:
