@@ -95,8 +95,8 @@ def test_a_data_set_preset_applies_to_its_runs_only(tmp_path: Path) -> None:
 def _edit_align_section(root: Path) -> None:
     preset = root / "stages" / "presets" / "avdigits.toml"
     text = preset.read_text()
-    edited = text.replace("[align]\noptim = { epochs = 1,", "[align]\noptim = { epochs = 2,")
-    assert edited != text, "the test expects the preset's [align] section to set optim.epochs = 1"
+    edited = text.replace("\n[align]\n", "\n[align]\nresume = false\n", 1)  # a new key in [align] only
+    assert edited != text, "the test expects an [align] section in the avdigits preset"
     preset.write_text(edited)
 
 
