@@ -42,7 +42,8 @@ class CRFConfig:
     features: Path  # features artifact (pcas extract) holding the RGB frames
     predictions: Path  # predictions artifact to refine (pcas pseudo-label, a baseline or a model)
     out: Path  # refined predictions artifact to write
-    preset: str = "toco_cam"  # CRF kernel preset: toco_cam | toco_seg | psa (pcas_cli.crf.CRF_PRESETS)
+    preset: str = "toco_cam"  # kernel unless choose_on_val: toco_cam | toco_seg | psa (pcas_cli.crf.CRF_PRESETS),
+    # optionally "@<sxy_scale>", or none
     sxy_scale: float = 1.0  # multiply the preset's spatial widths (pixels); e.g. 0.25 for 112-px frames vs 448 px
     present_eps: float = 0.01  # a class enters a frame's CRF only if its max score there exceeds this
     choose_on_val: bool = False  # choose the kernel among `candidates` by val mIoU (the val.h5 next to `features` and
