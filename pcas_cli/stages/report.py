@@ -25,7 +25,7 @@ README_START = "<!-- results:start -->"
 README_END = "<!-- results:end -->"
 
 TABLE1_ROWS = [("background", "all background"), ("visible", "every visible object (oracle, no audio)"),
-               ("cam", "CAM (visual only)"), ("similarity", "AV similarity (EZ-VSL-like)"), ("pcas", "PCAS"),
+               ("cam", "CAM (visual only)"), ("cam-crf", "CAM + CRF"), ("similarity", "AV similarity (EZ-VSL-like)"), ("pcas", "PCAS"),
                ("pcas-crf", "PCAS + CRF"), ("seg", "PCAS + CRF + segmentation network (train-seg)")]
 # Table 4: every row trains the same align + refine schedule with the marked modules on (Makefile); "plain" is a
 # reference outside that design: the Looking encoder with no align / refine training.
