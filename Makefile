@@ -98,7 +98,7 @@ $(RUNS)/%/ckpt/align.pt: $(RUNS)/%/ckpt/tvp.pt $(RUNS)/%/ckpt/ast.pt $$(call sta
 $(RUNS)/%/ckpt/refine.pt: $(RUNS)/%/ckpt/align.pt $$(call stage_cfg,$$*,refine)
 	$(PCAS) refine --run $(RUNS)/$* $(PRESET)
 
-# PCAS masks: threshold chosen on val, then test; dense CRF on test.
+# PCAS masks: threshold chosen on val, then test; dense CRF on test (its kernel chosen on val: stages/crf.toml).
 $(RUNS)/%/pseudo/val.h5: $(RUNS)/%/ckpt/refine.pt $$(call stage_cfg,$$*,pseudo-label)
 	$(PCAS) pseudo-label --run $(RUNS)/$* --split val $(PRESET)
 $(RUNS)/%/pseudo/test.h5: $(RUNS)/%/pseudo/val.h5
