@@ -194,16 +194,19 @@ def choose_kernel(cfg: CRFConfig, workers: int) -> tuple[str, dict[str, Any], di
                              "the ones refined (or pass --set choose_on_val=false)")
     feats, preds, rows = _open_pair(val_feats, val_preds)
     task = check_compatible(feats, preds)
+    semantic = task == "semantic"  # binary tasks are scored on foreground vs background, as `pcas eval` does
     miou: dict[str, float] = {}
     with feats, preds, progress(transient=True) as bar:
         job = bar.add_task("crf: choosing the kernel on val", total=len(kernels) * len(preds), info="")
         for name, params in kernels.items():
-            acc = SemanticScores(int(preds.dims["K"])) if task == "semantic" else BinaryMIoU()
+            acc = SemanticScores(int(preds.dims["K"])) if semantic else BinaryMIoU()
             for record in refined_clips(feats, preds, rows, 0, params, workers, cfg.present_eps):
                 gt = feats.clip(rows[record["clip_id"]], ("masks", "mask_valid"))
-                keep = gt["mask_valid"]
-                acc.update(record["masks"][keep] if task == "semantic" else record["masks"][keep] > 0,
-                           gt["masks"][keep] if task == "semantic" else gt["masks"][keep] > 0)
+                pred, truth = record["masks"][gt["mask_valid"]], gt["masks"][gt["mask_valid"]]
+                if semantic:
+                    acc.update(pred, truth)
+                else:
+                    acc.update(pred > 0, truth > 0)
                 bar.advance(job)
             miou[name] = float(acc.result()["miou"])
         inputs = {str(val_feats): feats.artifact_id, str(val_preds): preds.artifact_id}

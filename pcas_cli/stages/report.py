@@ -25,8 +25,9 @@ README_START = "<!-- results:start -->"
 README_END = "<!-- results:end -->"
 
 TABLE1_ROWS = [("background", "all background"), ("visible", "every visible object (oracle, no audio)"),
-               ("cam", "CAM (visual only)"), ("cam-crf", "CAM + CRF"), ("similarity", "AV similarity (EZ-VSL-like)"), ("pcas", "PCAS"),
-               ("pcas-crf", "PCAS + CRF"), ("seg", "PCAS + CRF + segmentation network (train-seg)")]
+               ("cam", "CAM (visual only)"), ("cam-crf", "CAM + CRF"), ("similarity", "AV similarity (EZ-VSL-like)"),
+               ("pcas", "PCAS"), ("pcas-crf", "PCAS + CRF"),
+               ("seg", "PCAS + CRF + segmentation network (train-seg)")]
 # Table 4: every row trains the same align + refine schedule with the marked modules on (Makefile); "plain" is a
 # reference outside that design: the Looking encoder with no align / refine training.
 ABLATION_ROWS = [("none", (0, 0, 0)), ("cmc", (1, 0, 0)), ("cmpc", (0, 1, 0)), ("cmcc", (0, 0, 1)),
