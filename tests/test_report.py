@@ -21,6 +21,11 @@ def test_tables_and_readme_block(tmp_path: Path, monkeypatch) -> None:
     _metrics(runs / "x-avss/metrics/pcas.json", 0.4, 0.45, {"ring": {"iou": 0.19}, "drum": {"iou": 0.5}})
     _metrics(runs / "x-avss/metrics/pcas-crf.json", 0.41, 0.46, {"ring": {"iou": 0.03}, "drum": {"iou": 0.6}})
     _metrics(runs / "x-avss/metrics/supervised.json", 0.5, 0.55)
+    # the bound's training log: val mIoU still rising in the last epoch is flagged (a fair bound is converged)
+    (runs / "x-avss/ckpt").mkdir(parents=True)
+    (runs / "x-avss/ckpt/supervised.log.jsonl").write_text("".join(
+        json.dumps({"kind": kind, "epoch": e, "val": {"miou": v}}) + "\n"
+        for kind, e, v in [("step", 1, 0.9), ("epoch", 1, 0.2), ("epoch", 2, 0.3), ("epoch", 3, 0.32)]))
     (runs / "x-avss/metrics/audio-tvp.json").write_text(json.dumps({"map": 0.8, "exact_acc": 0.5, "frames": 10}))
     (runs / "x-s4/metrics/listeners.json").write_text(json.dumps({"val": {"map": 0.9, "exact_set": 0.7,
                                                                            "frames": 10}}))
@@ -50,6 +55,8 @@ def test_tables_and_readme_block(tmp_path: Path, monkeypatch) -> None:
     text = md.read_text()
     assert "| PCAS | 60.00 | 50.00 | – | – |" in text  # Table 1: F then mIoU, x100, MS3 missing
     assert "| Weakly supervised | PCAS | 45.00 | 40.00 | 40.00 | 80.0% |" in text  # 0.4 / 0.5 of the bound
+    assert "Upper bound: 3 epochs, val mIoU x100 over the last 3: 20.00 / 30.00 / 32.00 (best epoch 3). " \
+        "**Still rising" in text
     assert "| AST + TVP | – | – | – | – | 0.800 | 0.500 |" in text
     assert "| AST + TVP, confirmed by AST (geometric mean; what PCAS uses) | 0.900 | 0.700 | – | – | – | – |" \
         in text
@@ -62,6 +69,7 @@ def test_tables_and_readme_block(tmp_path: Path, monkeypatch) -> None:
     assert "| ring | 19.00 | 3.00 | -16.00 |" in text and "| drum | 50.00 | 60.00 | +10.00 |" in text  # CRF check
     data = json.loads((tmp_path / "results/x.json").read_text())
     assert data["table2"]["pcas"]["relative_to_supervised"] == 0.8
+    assert data["table2"]["supervised_val_curve"] == [0.2, 0.3, 0.32]
     readme = (tmp_path / "README.md").read_text()
     assert readme.startswith("intro\n") and readme.endswith("outro\n") and "old" in readme  # prefix x: untouched
     run(ReportConfig(runs=runs, out=tmp_path / "results", prefix="synth", timings=timings))
@@ -71,3 +79,13 @@ def test_tables_and_readme_block(tmp_path: Path, monkeypatch) -> None:
     run(ReportConfig(runs=runs, out=tmp_path / "results", prefix="x", timings=timings))
     readme = (tmp_path / "README.md").read_text()
     assert "stale" not in readme and "| PCAS | 60.00 | 50.00 | – | – |" in readme and readme.endswith("b\n")
+
+
+def test_bound_convergence_line_flags_only_a_still_rising_bound() -> None:
+    from pcas_cli.stages.report import bound_convergence_line
+
+    plateau = bound_convergence_line([0.1, 0.5, 0.652, 0.650, 0.654])
+    assert plateau == "Upper bound: 5 epochs, val mIoU x100 over the last 4: 50.00 / 65.20 / 65.00 / 65.40 " \
+                      "(best epoch 5)."  # +0.4 points in the last epoch: within STILL_RISING
+    assert "Still rising" in bound_convergence_line([0.1, 0.3])
+    assert "Still rising" not in bound_convergence_line([0.3, 0.1]) and "best epoch 1" in bound_convergence_line([0.3])

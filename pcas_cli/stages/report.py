@@ -106,7 +106,35 @@ def table2(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
         data[key] = {**_pick(m), "relative_to_supervised": rel}
         lines.append(f"| {setting} | {label} | {_pct(m['fscore'])} | {_pct(m['miou'])} | "
                      f"{_pct(m.get('miou_present'))} | {'–' if rel is None else f'{100 * rel:.1f}%'} |")
+    curve = val_curve(cfg.runs / run / "ckpt/supervised.log.jsonl")
+    if sup is not None and curve:
+        data["supervised_val_curve"] = curve
+        lines += ["", bound_convergence_line(curve)]
     return lines, data
+
+
+def val_curve(log: Path) -> list[float]:
+    """Val mIoU after each epoch of a training run, from its `<name>.log.jsonl` (empty if none was logged)."""
+    if not log.exists():
+        return []
+    epochs = [json.loads(line) for line in log.read_text().splitlines() if '"kind": "epoch"' in line]
+    return [float(e["val"]["miou"]) for e in epochs if "miou" in e.get("val", {})]
+
+
+# A bound whose val mIoU still rose by more than this (absolute) in its last epoch is flagged as not converged: the
+# "% of upper bound" column then flatters the weak rows (issue: a fair upper bound is trained to convergence).
+STILL_RISING = 0.005
+
+
+def bound_convergence_line(curve: list[float]) -> str:
+    """One sentence under Table 2: how the upper bound's val mIoU moved over its last epochs."""
+    best = int(np.argmax(curve))
+    tail = " / ".join(_pct(v) for v in curve[-4:])
+    line = (f"Upper bound: {len(curve)} epochs, val mIoU x100 over the last {min(4, len(curve))}: {tail} "
+            f"(best epoch {best + 1}).")
+    if len(curve) > 1 and best == len(curve) - 1 and curve[-1] - curve[-2] > STILL_RISING:
+        line += " **Still rising in its last epoch: not converged, so the percentages above flatter the weak rows.**"
+    return line
 
 
 # Table 3 rows: train-tvp's val scores of each listener (metrics/audio-<stem>.json), and the two combined as align /
