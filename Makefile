@@ -137,6 +137,13 @@ $(RUNS)/%/crf/train.h5: $(RUNS)/%/pseudo/train.h5 stages/crf.toml
 $(RUNS)/%/seg/test.h5: $(RUNS)/%/crf/train.h5 $$(call stage_cfg,$$*,train-seg)
 	$(PCAS) train-seg --run $(RUNS)/$* $(PRESET)
 
+# Diagnostic, not a result: PCAS's own maps (refine.pt) with each frame's ground-truth sounding classes in place of
+# the listener's (pseudo-label's oracle_presence): how far a perfect listener would take PCAS.
+$(RUNS)/%/oracle-listener/val.h5: $(RUNS)/%/ckpt/refine.pt $$(call stage_cfg,$$*,pseudo-label)
+	$(PCAS) pseudo-label --run $(RUNS)/$* --split val --set oracle_presence=true --out oracle-listener $(PRESET)
+$(RUNS)/%/oracle-listener/test.h5: $(RUNS)/%/oracle-listener/val.h5
+	$(PCAS) pseudo-label --run $(RUNS)/$* --split test --set oracle_presence=true --out oracle-listener $(PRESET)
+
 # Scores: metrics/<method>.json on test.
 EVAL = $(PCAS) eval --features $(RUNS)/$*/features/test.h5 --predictions $< --out $@
 $(RUNS)/%/metrics/pcas-crf.json: $(RUNS)/%/crf/test.h5 stages/eval.toml
@@ -157,6 +164,8 @@ $(RUNS)/%/metrics/supervised.json: $(RUNS)/%/supervised/test.h5 stages/eval.toml
 	$(EVAL) --name "fully supervised (upper bound)"
 $(RUNS)/%/metrics/seg.json: $(RUNS)/%/seg/test.h5 stages/eval.toml
 	$(EVAL) --name "PCAS + segmentation network"
+$(RUNS)/%/metrics/oracle-listener.json: $(RUNS)/%/oracle-listener/test.h5 stages/eval.toml
+	$(EVAL) --name "PCAS with the true sounding classes (oracle listener)"
 
 # What align / refine / pseudo-label hear (tvp.pt confirmed by ast.pt), per second on val: Table 3's last row.
 $(RUNS)/%/metrics/listeners.json: $(RUNS)/%/ckpt/tvp.pt $(RUNS)/%/ckpt/ast.pt $$(call stage_cfg,$$*,diagnose)
@@ -167,7 +176,7 @@ WEAK_METRICS = pcas pcas-crf cam cam-crf similarity background listeners
 run_metrics = $(foreach m,$(2),$(RUNS)/$(1)/metrics/$(m).json) $(RUNS)/$(1)/ckpt/ast.pt
 
 REPRODUCE = $(call run_metrics,synth-s4,$(WEAK_METRICS)) $(call run_metrics,synth-ms3,$(WEAK_METRICS)) \
-            $(call run_metrics,synth-avss,$(WEAK_METRICS) visible supervised)
+            $(call run_metrics,synth-avss,$(WEAK_METRICS) visible supervised oracle-listener)
 
 reproduce: $(REPRODUCE)
 	$(PCAS) report --runs $(RUNS) --out results
@@ -233,7 +242,7 @@ reproduce-ablations: $(REPRODUCE) $(call ablation_metrics,synth-avss)
 
 # ---- AV-Digits: the same tables on real handwriting and real speech --------------------------------------------
 AVD_REPRODUCE = $(call run_metrics,avdigits-s4,$(WEAK_METRICS)) $(call run_metrics,avdigits-ms3,$(WEAK_METRICS)) \
-                $(call run_metrics,avdigits-avss,$(WEAK_METRICS) visible supervised seg) \
+                $(call run_metrics,avdigits-avss,$(WEAK_METRICS) visible supervised seg oracle-listener) \
                 $(call ablation_metrics,avdigits-avss)
 
 bench-avdigits: $(AVD_REPRODUCE)

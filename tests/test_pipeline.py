@@ -139,6 +139,31 @@ def test_test_predictions_never_read_test_ground_truth(run_dir: Path, tmp_path: 
         np.testing.assert_array_equal(a.read("masks", i), b.read("masks", i))
 
 
+def test_oracle_presence_diagnostic_keeps_exactly_the_true_sounding_classes(run_dir: Path, tmp_path: Path) -> None:
+    """`oracle_presence` (a diagnostic row, never a result) hears each frame's ground-truth classes, so its masks
+    hold no other class; it refuses the train split, whose pseudo-labels train later stages."""
+    from pcas_cli.stages._common import frame_classes_from_masks
+
+    run2 = tmp_path / "run"
+    shutil.copytree(run_dir, run2)
+    quick = ["--run", str(run2), "--device", "cpu", "--set", "scales=[1.0]", "--set", "oracle_presence=true",
+             "--out", "oracle-listener"]
+    for split in ("val", "test"):
+        pcas("pseudo-label", *quick, "--split", split)
+    feats, pred = read_features(run2 / "features/test.h5"), read_predictions(run2 / "oracle-listener/test.h5")
+    assert pred.provenance["config"]["oracle_presence"] is True
+    for i in range(len(feats)):
+        clip = feats.clip(i, ("masks", "mask_valid", "labels"))
+        truth = frame_classes_from_masks(clip["masks"], clip["mask_valid"], clip["labels"], feats.task)
+        np.testing.assert_array_equal(pred.read("frame_classes", i), truth)
+        masks = pred.read("masks", i)
+        for t in range(len(masks)):
+            predicted = set(np.unique(masks[t]).tolist()) - {0}
+            assert predicted <= {c + 1 for c in np.flatnonzero(truth[t])}
+    with pytest.raises(PcasError, match="val / test diagnostic"):
+        pcas("pseudo-label", *quick, "--split", "train")
+
+
 def test_stale_inputs_are_refused(run_dir: Path, tmp_path: Path) -> None:
     run2 = tmp_path / "run"
     shutil.copytree(run_dir, run2)

@@ -21,6 +21,7 @@ def test_tables_and_readme_block(tmp_path: Path, monkeypatch) -> None:
     _metrics(runs / "x-avss/metrics/pcas.json", 0.4, 0.45, {"ring": {"iou": 0.19}, "drum": {"iou": 0.5}})
     _metrics(runs / "x-avss/metrics/pcas-crf.json", 0.41, 0.46, {"ring": {"iou": 0.03}, "drum": {"iou": 0.6}})
     _metrics(runs / "x-avss/metrics/supervised.json", 0.5, 0.55)
+    _metrics(runs / "x-avss/metrics/oracle-listener.json", 0.45, 0.5)
     # the bound's training log: val mIoU still rising in the last epoch is flagged (a fair bound is converged)
     (runs / "x-avss/ckpt").mkdir(parents=True)
     (runs / "x-avss/ckpt/supervised.log.jsonl").write_text("".join(
@@ -55,6 +56,8 @@ def test_tables_and_readme_block(tmp_path: Path, monkeypatch) -> None:
     text = md.read_text()
     assert "| PCAS | 60.00 | 50.00 | – | – |" in text  # Table 1: F then mIoU, x100, MS3 missing
     assert "| Weakly supervised | PCAS | 45.00 | 40.00 | 40.00 | 80.0% |" in text  # 0.4 / 0.5 of the bound
+    assert text.index("| Weakly supervised | PCAS |") < text.index(
+        "| Diagnostic | PCAS with the true sounding classes (oracle listener) | 50.00 | 45.00 | 45.00 | 90.0% |")
     assert "Upper bound: 3 epochs, val mIoU x100 over the last 3: 20.00 / 30.00 / 32.00 (best epoch 3). " \
         "**Still rising" in text
     assert "| AST + TVP | – | – | – | – | 0.800 | 0.500 |" in text

@@ -17,7 +17,8 @@ Three settings are chosen on val, jointly (a grid sweep scored against the val m
 here): the presence threshold (a class sounds in frame t when its probability exceeds it), the background threshold
 and the similarity exponent alpha. All are recorded in val's artifact; other splits read them from there, so test
 never tunes on test. The CAM baseline gets the same sweep over its visual presence probabilities, so the comparison
-is fair.
+is fair. (`oracle_presence`, a diagnostic, replaces step 1 by the split's ground-truth sounding classes: how far a
+perfect listener would take the same maps.)
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ from pcas_cli.console import CONSOLE, progress
 from pcas_cli.errors import PcasError
 from pcas_cli.metrics import BinaryMIoU, SemanticScores
 from pcas_cli.provenance import make_provenance
-from pcas_cli.stages._common import (feature_key, frames_to_tensor, listen, listener_names, open_features,
-                                     resolve_device, run_paths, stage_config, visual_from_checkpoint)
+from pcas_cli.stages._common import (feature_key, frame_classes_from_masks, frames_to_tensor, listen,
+                                     listener_names, open_features, resolve_device, run_paths, stage_config,
+                                     visual_from_checkpoint)
 from pcas_cli.stages._predict import write_predictions
 
 
@@ -59,6 +61,9 @@ class PseudoLabelConfig:
     scales: tuple[float, ...] = (1.0, 0.5, 1.5)  # multi-scale CAM (ToCo)
     flip: bool = True  # merge each scale with its horizontal flip
     bg_thresholds: tuple[float, ...] = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)  # swept on val
+    oracle_presence: bool = False  # DIAGNOSTIC ONLY: which classes sound in frame t comes from this split's
+    # ground-truth masks instead of the listener (the listener still gives the audio tokens for the similarity). Its
+    # score bounds what a better listener could give (report: a diagnostic row of Table 2, never a method's result)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
 
@@ -98,6 +103,8 @@ class MapMaker:
             self.inputs.update(ids)
         if cfg.mode == "similarity" and not (self.cache is not None and self.model.has_projections):
             raise PcasError("similarity mode needs a listener and weights with projection heads (align / refine)")
+        if cfg.oracle_presence and cfg.split == "train":
+            raise PcasError("oracle_presence is a val / test diagnostic; train pseudo-labels come from the listener")
         # CAM mode with a listener and projection heads can sharpen CAMs by the audio-patch similarity
         self.sharpens = cfg.mode == "cam" and self.cache is not None and self.model.has_projections
 
@@ -108,7 +115,11 @@ class MapMaker:
         images = frames_to_tensor(clip["frames"], self.device)  # (T, 3, H, W)
         visual = self.model.visual
         out = visual(images)
-        if self.cache is not None:
+        if cfg.oracle_presence:
+            gt = self.features.clip(i, ("masks", "mask_valid"))
+            truth = frame_classes_from_masks(gt["masks"], gt["mask_valid"], clip["labels"], self.features.task)
+            presence = torch.from_numpy(truth).float().to(self.device)  # (T, C) {0, 1}
+        elif self.cache is not None:
             presence = self.cache.probs[i].to(self.device)  # (T, C)
         else:
             presence = torch.sigmoid(out.logits)  # visual-only: classes visible in the frame
