@@ -121,8 +121,15 @@ def val_curve(log: Path) -> list[float]:
     """Val mIoU after each epoch of a training run, from its `<name>.log.jsonl` (empty if none was logged)."""
     if not log.exists():
         return []
-    epochs = [json.loads(line) for line in log.read_text().splitlines() if '"kind": "epoch"' in line]
-    return [float(e["val"]["miou"]) for e in epochs if "miou" in e.get("val", {})]
+    curve = []
+    for line in log.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line cut short by a killed run
+            continue
+        if record.get("kind") == "epoch" and "miou" in (record.get("val") or {}):
+            curve.append(float(record["val"]["miou"]))
+    return curve
 
 
 # A bound whose val mIoU still rose by more than this (absolute) in its last epoch is flagged as not converged: the
