@@ -111,13 +111,13 @@ class MapMaker:
     @torch.no_grad()
     def clip_maps(self, i: int) -> FrameMaps:
         cfg = self.cfg
-        clip = self.features.clip(i, ("frames", "labels", "frame_valid"))
+        truth_fields = ("masks", "mask_valid") if cfg.oracle_presence else ()
+        clip = self.features.clip(i, ("frames", "labels", "frame_valid", *truth_fields))
         images = frames_to_tensor(clip["frames"], self.device)  # (T, 3, H, W)
         visual = self.model.visual
         out = visual(images)
         if cfg.oracle_presence:
-            gt = self.features.clip(i, ("masks", "mask_valid"))
-            truth = frame_classes_from_masks(gt["masks"], gt["mask_valid"], clip["labels"], self.features.task)
+            truth = frame_classes_from_masks(clip["masks"], clip["mask_valid"], clip["labels"], self.features.task)
             presence = torch.from_numpy(truth).float().to(self.device)  # (T, C) {0, 1}
         elif self.cache is not None:
             presence = self.cache.probs[i].to(self.device)  # (T, C)
