@@ -8,7 +8,8 @@ import torch
 
 from pcas_cli.artifacts import ArtifactWriter, read_features
 from pcas_cli.stages._common import AudioCache
-from pcas_cli.stages._contrast import sounding_share
+from pcas_cli.errors import PcasError
+from pcas_cli.stages._contrast import choose_threshold, sounding_share
 
 
 def test_sounding_share_counts_real_frames_with_a_heard_labelled_class(tmp_path):
@@ -57,3 +58,28 @@ def test_head_grad_scale_zero_trains_the_heads_and_leaves_the_encoder_to_the_oth
         for k in grads[1.0]:
             if k.startswith(n):
                 assert torch.allclose(grads[1.0][k], grads[0.0][k])
+
+
+def test_threshold_on_val_picks_the_best_f1_of_heard_classes_against_the_masks(tmp_path):
+    dims = {"T": 2, "H": 2, "W": 2, "F": 3, "M": 5, "C": 2}
+    labels = [np.array([1, 0], np.uint8), np.array([0, 1], np.uint8)]
+    masks = [np.array([[[1, 0], [0, 0]], [[0, 0], [0, 0]]], np.uint8),  # clip 0: a sounds at t=0, t=1 silent
+             np.array([[[0, 2], [0, 0]], [[2, 2], [0, 0]]], np.uint8)]  # clip 1: b sounds at t=0 and t=1
+    path = tmp_path / "val.h5"
+    with ArtifactWriter(path, "features", dims, {"classes": ["a", "b"], "task": "semantic"}, {"stage": "x"}) as w:
+        for i in range(2):
+            w.append(clip_id=f"c{i}", subset="v2", frames=np.zeros((2, 2, 2, 3), np.uint8),
+                     fbank=np.zeros((2, 3, 5), np.float16), labels=labels[i], masks=masks[i],
+                     mask_valid=np.ones(2, bool), frame_valid=np.ones(2, bool), visible=np.zeros((2, 2, 2), np.uint8))
+    probs = torch.tensor([[[0.45, 0.9], [0.25, 0.0]],  # clip 0: b is heard but not labelled, so never counts
+                          [[0.0, 0.35], [0.9, 0.75]]])
+    cache = AudioCache(tokens=torch.zeros(2, 2, 3), probs=probs, clip_ids=["c0", "c1"])
+    feats = read_features(path)
+    chosen, f1 = choose_threshold(cache, feats, (0.2, 0.3, 0.4, 0.5, 0.8))
+    # 3 sounding (frame, class) pairs. 0.2: 3 TP + the silent second (a at 0.25) -> 6/7; 0.3: all 3, nothing else;
+    # 0.4: misses b at 0.35 -> 4/5; 0.5: only b at 0.75 -> 2/4; 0.8: nothing heard.
+    assert f1 == pytest.approx({"0.2": 6 / 7, "0.3": 1.0, "0.4": 0.8, "0.5": 0.5, "0.8": 0.0})
+    assert chosen == 0.3
+    assert choose_threshold(cache, feats, (0.3, 0.32))[0] == 0.32  # a tie goes to the candidate nearer 0.5
+    with pytest.raises(PcasError, match="empty"):
+        choose_threshold(cache, feats, ())

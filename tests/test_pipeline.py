@@ -79,6 +79,20 @@ def test_every_stage_writes_its_artifact(run_dir: Path) -> None:
     assert visible["miou"] > 0.2
 
 
+def test_align_chooses_the_listener_threshold_on_val(run_dir: Path) -> None:
+    """threshold_on_val: align trains with the candidate of best val F1, and records the choice and the val split."""
+    r = ["--run", str(run_dir), "--epochs", "1", "--device", "cpu", "--name", "align-valth"]
+    pcas("align", *r, *TINY_OPTIM, "--set", "threshold_on_val=true", "--set", "threshold_candidates=[0.05, 0.95]")
+    from pcas_cli.training.checkpoint import load_checkpoint
+
+    prov = load_checkpoint(run_dir / "ckpt/align-valth.pt")["provenance"]
+    choice = prov["audio_threshold_choice"]
+    assert set(choice["val_f1"]) == {"0.05", "0.95"} and prov["audio_threshold"] == choice["chosen"]
+    assert choice["chosen"] == max((0.05, 0.95), key=lambda t: (choice["val_f1"][str(t)], -abs(t - 0.5)))
+    assert prov["inputs"]["features/val.h5"] == read_features(run_dir / "features/val.h5").artifact_id
+    assert prov["config"]["threshold_on_val"] is True
+
+
 def test_provenance_chain(run_dir: Path) -> None:
     test_feats = read_features(run_dir / "features/test.h5")
     pred = read_predictions(run_dir / "pseudo/test.h5")

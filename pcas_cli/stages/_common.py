@@ -335,6 +335,17 @@ def frame_classes_from_masks(masks: np.ndarray, mask_valid: np.ndarray, labels: 
     return out
 
 
+def second_targets(features: ArtifactReader) -> tuple[np.ndarray, np.ndarray]:
+    """Per-second sounding classes from a split's masks, for SCORING only: (N, T, C) bool, and (N, T) bool "frame t
+    has a mask"."""
+    targets, has = [], []
+    for i in range(len(features)):
+        c = features.clip(i, ("masks", "mask_valid", "labels"))
+        targets.append(frame_classes_from_masks(c["masks"], c["mask_valid"], c["labels"], features.task))
+        has.append(c["mask_valid"])
+    return np.stack(targets).astype(bool), np.stack(has).astype(bool)
+
+
 def classes_in_masks(masks: np.ndarray, num_classes: int) -> np.ndarray:
     """Classes present in each class-index map (class k -> value k + 1, 0 = none; other values ignored).
 

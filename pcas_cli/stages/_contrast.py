@@ -15,7 +15,7 @@ logged separately.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +27,14 @@ from torchvision.ops import roi_align
 from pcas_cli.artifacts import ArtifactReader
 from pcas_cli.config import to_dict
 from pcas_cli.console import CONSOLE
+from pcas_cli.errors import PcasError
 from pcas_cli.losses import (IGNORE, cmc_loss, cmcc_loss, cmpc_loss, crop_labels_from_patch_labels, multilabel_loss,
                              patch_labels_from_audio)
 from pcas_cli.provenance import make_provenance
 from pcas_cli.seed import seed_everything
 from pcas_cli.stages._common import (AudioCache, PCASModel, ProjectionConfig, check_fresh, feature_key, features_path,
-                                     listen, listener_names, open_features, resolve_device, run_paths, stage_config,
-                                     visual_from_checkpoint)
+                                     listen, listener_names, open_features, resolve_device, run_paths, second_targets,
+                                     stage_config, visual_from_checkpoint)
 from pcas_cli.training.data import AugmentConfig, FrameDataset
 from pcas_cli.training.loop import OptimConfig, TrainTask, fit
 
@@ -82,6 +83,10 @@ class ContrastConfig:
     # projection heads, i.e. the audio-patch similarity that CMPC / CMCC label from, and the encoder learns from the
     # classification loss, CMPC and CMCC (z_patch / z_video / z_cls feed only CMC; CMCC's crops are not scaled)
     audio_threshold: float = 0.5  # a class sounds in second t when the listener's probability exceeds this
+    threshold_on_val: bool = False  # choose audio_threshold among `threshold_candidates` instead: the one whose heard
+    # (frame, class) pairs best match the val masks' sounding classes (F1; val is scored, never trained on). A weak
+    # listener's probabilities are compressed, and a fixed 0.5 then silently switches CMC / CMPC / CMCC off
+    threshold_candidates: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     weights: LossWeights = field(default_factory=LossWeights)  # loss weights
     cmpc_params: CMPCParams = field(default_factory=CMPCParams)  # CMPC thresholds
     cmcc_params: CMCCParams = field(default_factory=CMCCParams)  # CMCC crops
@@ -176,6 +181,31 @@ def heard_classes(probs: Tensor, labels: Tensor, threshold: float) -> Tensor:
     return (probs > threshold) & labels.bool()
 
 
+def heard_counts(probs: Tensor, labels: Tensor, targets: np.ndarray, has: np.ndarray,
+                 threshold: float) -> tuple[int, int, int]:
+    """True positives, false positives and false negatives of the heard (frame, class) pairs against the sounding
+    classes of the frames with a mask. probs (N, T, C), labels (N, 1, C), targets (N, T, C) bool, has (N, T) bool."""
+    heard = heard_classes(probs, labels, threshold).numpy()
+    tp, fp = int((heard & targets)[has].sum()), int((heard & ~targets)[has].sum())
+    return tp, fp, int((~heard & targets)[has].sum())
+
+
+def choose_threshold(cache: AudioCache, features: ArtifactReader,
+                     candidates: tuple[float, ...]) -> tuple[float, dict[str, float]]:
+    """The candidate threshold with the best F1 of heard (frame, class) pairs on this split (val: scoring only), and
+    every candidate's F1. Ties go to the candidate nearest 0.5."""
+    if not candidates:
+        raise PcasError("threshold_on_val: threshold_candidates is empty")
+    targets, has = second_targets(features)
+    labels = torch.from_numpy(np.asarray(features.read("labels", slice(None))))[:, None, :]  # (N, 1, C)
+    f1 = {}
+    for t in candidates:
+        tp, fp, fn = heard_counts(cache.probs, labels, targets, has, t)
+        f1[str(t)] = 2 * tp / max(2 * tp + fp + fn, 1)
+    best = max(candidates, key=lambda t: (f1[str(t)], -abs(t - 0.5)))
+    return best, f1
+
+
 def sounding_share(cache: AudioCache, features: ArtifactReader, threshold: float) -> float:
     """Share of the split's real frames in which some video-labelled class sounds by the listener (p_t > threshold):
     the frames that give CMC its audio positives and CMPC / CMCC their patch labels."""
@@ -215,11 +245,25 @@ def run_contrast(cfg: ContrastConfig, stage: str, default_init: str) -> Path:
     audio_dim = cache.tokens.shape[-1]
     if not model.has_projections:  # starting from visual.pt: add the shared-space heads
         model = PCASModel(model.visual, audio_dim, cfg.proj)
+    threshold_choice = None
+    if cfg.threshold_on_val:
+        val = open_features(cfg.run, "val")
+        val_cache, _ = listen(ckpt_dir, listener_names(cfg.listener, cfg.co_listener), val, device, "val",
+                              fresh_against=inputs)
+        inputs[feature_key("val")] = val.artifact_id
+        chosen, f1 = choose_threshold(val_cache, val, cfg.threshold_candidates)
+        threshold_choice = {"chosen": chosen, "val_f1": f1}
+        CONSOLE.print(f"listener threshold chosen on val: {chosen} (F1 of heard classes "
+                      f"{f1[str(chosen)]:.3f}; at 0.5: {f1.get('0.5', float('nan')):.3f})")
+    # the configuration as given goes into the provenance; the task trains with the effective threshold
+    prov = make_provenance(stage, stage_config(cfg), cfg.optim.seed, inputs)
+    if threshold_choice is not None:
+        cfg = replace(cfg, audio_threshold=threshold_choice["chosen"])
     share = sounding_share(cache, train, cfg.audio_threshold)
     report_sounding_share(share, cfg.audio_threshold)
     spec = {**init_ckpt["provenance"]["model_spec"], "proj": to_dict(cfg.proj), "audio_dim": audio_dim}
-    prov = make_provenance(stage, stage_config(cfg), cfg.optim.seed, inputs)
-    prov.update(model_spec=spec, sounding_share=share)
+    prov.update(model_spec=spec, sounding_share=share, audio_threshold=cfg.audio_threshold,
+                **({"audio_threshold_choice": threshold_choice} if threshold_choice else {}))
     name = cfg.name or stage
     result = fit(ContrastTask(cfg, model, cache), cfg.optim, ckpt_dir, name, prov, resume=cfg.resume,
                  device=cfg.device)

@@ -46,9 +46,9 @@ from pcas_cli.metrics_cls import mean_average_precision
 from pcas_cli.seed import seed_everything
 from pcas_cli.stages._common import (AudioCache, AudioModelConfig, VisualModelConfig, base_spec, build_audio,
                                      build_visual, classes_in_masks, frame_classes_from_masks, frames_to_tensor,
-                                     listen, listener_names, open_features, resolve_device, run_paths, stage_config,
-                                     visual_from_checkpoint)
-from pcas_cli.stages._contrast import heard_classes, sounding_share
+                                     listen, listener_names, open_features, resolve_device, run_paths, second_targets,
+                                     stage_config, visual_from_checkpoint)
+from pcas_cli.stages._contrast import heard_classes, heard_counts, sounding_share
 from pcas_cli.training.data import AugmentConfig, spec_augment
 from pcas_cli.writing import write_json
 
@@ -74,16 +74,6 @@ class DiagnoseConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
 
-def second_targets(features: ArtifactReader) -> tuple[np.ndarray, np.ndarray]:
-    """Per-second sounding classes from the masks: (N, T, C) bool, and (N, T) bool "frame t has a mask"."""
-    targets, has = [], []
-    for i in range(len(features)):
-        c = features.clip(i, ("masks", "mask_valid", "labels"))
-        targets.append(frame_classes_from_masks(c["masks"], c["mask_valid"], c["labels"], features.task))
-        has.append(c["mask_valid"])
-    return np.stack(targets).astype(bool), np.stack(has).astype(bool)
-
-
 def chance_map(targets: np.ndarray) -> float:
     """mAP of a constant score over (frames, C) targets = mean prevalence of the classes that occur."""
     prevalence = targets.mean(axis=0)
@@ -94,9 +84,7 @@ def heard_stats(cache: AudioCache, features: ArtifactReader, targets: np.ndarray
                 threshold: float) -> dict[str, float]:
     """What align / refine treat as sounding at this threshold; precision / recall on frames with masks."""
     labels = torch.from_numpy(np.asarray(features.read("labels", slice(None))))[:, None, :]  # (N, 1, C)
-    heard = heard_classes(cache.probs, labels, threshold).numpy()  # (N, T, C)
-    tp, fp = int((heard & targets)[has].sum()), int((heard & ~targets)[has].sum())
-    fn = int((~heard & targets)[has].sum())
+    tp, fp, fn = heard_counts(cache.probs, labels, targets, has, threshold)
     return {"threshold": threshold, "frames_heard": sounding_share(cache, features, threshold),
             "precision": tp / max(tp + fp, 1), "recall": tp / max(tp + fn, 1)}
 
@@ -152,11 +140,12 @@ def patch_label_report(ckpt_dir: Path, name: str, train: ArtifactReader, cache: 
         raise PcasError(f"{ckpt_dir / name}.pt: has no projection heads (the Looking encoder): no patch labels")
     trained = ckpt["provenance"]["config"]
     high, low, normalize = (trained["cmpc_params"][k] for k in ("high", "low", "normalize"))
+    threshold = ckpt["provenance"].get("audio_threshold", trained["audio_threshold"])  # chosen on val, or as set
     model = model.to(device).eval()
     all_labels, all_truth = [], []
     for i in range(len(train)):
         c = train.clip(i, ("frames", "masks", "mask_valid", "labels"))
-        heard = heard_classes(cache.probs[i], torch.from_numpy(c["labels"])[None], trained["audio_threshold"])
+        heard = heard_classes(cache.probs[i], torch.from_numpy(c["labels"])[None], threshold)
         keep = torch.from_numpy(c["mask_valid"]).bool() & heard.any(-1)  # (T,)
         if not keep.any():
             continue
