@@ -283,3 +283,18 @@ def test_pseudo_label_binary_soft_scores_agree_with_mask_for_several_sources():
     silent = FrameMaps(maps, torch.zeros(1, 3), torch.ones(1, 3, dtype=torch.bool))
     scores, masks = to_prediction(silent, Thresholds(presence=0.5, background=0.5), "binary")
     assert masks.sum() == 0 and float(scores[0, 1].max()) == 0.0
+
+
+def test_pseudo_label_visual_gate_weighs_in_the_clip_level_visual_evidence():
+    from pcas_cli.stages.pseudo_label import FrameMaps, Thresholds, to_prediction
+
+    fm = _frame_maps()  # heard: class 1 at 0.9, class 2 at 0.45
+    gated = FrameMaps(fm.maps, fm.presence, fm.allowed, clip_visual=torch.tensor([[0.1, 0.8]]))
+    torch.testing.assert_close(gated.gated(0.0), fm.presence)  # beta 0 = the listener alone
+    torch.testing.assert_close(gated.gated(0.5), torch.tensor([[0.3, 0.6]]))  # sqrt(0.9 * 0.1), sqrt(0.45 * 0.8)
+    torch.testing.assert_close(gated.gated(1.0), torch.tensor([[0.1, 0.8]]))
+    # at presence 0.5: the listener alone keeps class 1 only; gated by what the classifier saw, class 2 only
+    _, alone = to_prediction(gated, Thresholds(0.5, 0.3, 0.0, 0.0), "semantic")
+    _, masks = to_prediction(gated, Thresholds(0.5, 0.3, 0.0, 0.5), "semantic")
+    assert alone.tolist() == [[[1, 1, 0, 0]]] and masks.tolist() == [[[0, 0, 2, 2]]]
+    assert FrameMaps(fm.maps, fm.presence, fm.allowed).gated(0.5) is fm.presence  # no visual evidence: unchanged

@@ -93,6 +93,21 @@ def test_align_chooses_the_listener_threshold_on_val(run_dir: Path) -> None:
     assert prov["config"]["threshold_on_val"] is True
 
 
+def test_visual_gate_is_swept_on_val_and_read_by_test(run_dir: Path, tmp_path: Path) -> None:
+    run2 = tmp_path / "run"
+    shutil.copytree(run_dir, run2)
+    quick = ["--run", str(run2), "--device", "cpu", "--set", "scales=[1.0]", "--set", "visual_gates=[0.0, 1.0]",
+             "--out", "gated"]
+    for split in ("val", "test"):
+        pcas("pseudo-label", *quick, "--split", split)
+    val, test = read_predictions(run2 / "gated/val.h5"), read_predictions(run2 / "gated/test.h5")
+    sweep = val.meta["threshold_sweep_val_miou"]
+    assert {k.rsplit("/", 1)[1] for k in sweep} == {"0.0", "1.0"}  # both gates scored on val
+    assert float(test.meta["visual_gate"]) == float(val.meta["visual_gate"]) in (0.0, 1.0)
+    cam = read_predictions(run_dir / "baselines/cam/val.h5")  # visual-only: no listener, so nothing to gate
+    assert {k.rsplit("/", 1)[1] for k in cam.meta["threshold_sweep_val_miou"]} == {"0.0"}
+
+
 def test_provenance_chain(run_dir: Path) -> None:
     test_feats = read_features(run_dir / "features/test.h5")
     pred = read_predictions(run_dir / "pseudo/test.h5")

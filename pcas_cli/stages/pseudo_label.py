@@ -13,9 +13,13 @@ For frame t of a clip:
    softmax over [threshold, class maps] (ToCo's CRF unary); binary data sets use the softmax over
    [threshold, strongest class map], which agrees with the binary mask.
 
-Three settings are chosen on val, jointly (a grid sweep scored against the val masks, the only use of ground truth
-here): the presence threshold (a class sounds in frame t when its probability exceeds it), the background threshold
-and the similarity exponent alpha. All are recorded in val's artifact; other splits read them from there, so test
+Step 1 may also weigh in the visual classifier's clip-level evidence (`visual_gates`): presence = p_t^(1 - beta) *
+v^beta with v = the classifier's highest probability for the class over the clip's frames (predictions only). The
+listener then only has to tell which of the digits / objects it could be; beta = 0 is the listener alone.
+
+Four settings are chosen on val, jointly (a grid sweep scored against the val masks, the only use of ground truth
+here): the presence threshold (a class sounds in frame t when its probability exceeds it), the background threshold,
+the similarity exponent alpha and the visual gate beta. All are recorded in val's artifact; other splits read them from there, so test
 never tunes on test. The CAM baseline gets the same sweep over its visual presence probabilities, so the comparison
 is fair. (`oracle_presence`, a diagnostic, replaces step 1 by the split's ground-truth sounding classes: how far a
 perfect listener would take the same maps.)
@@ -58,6 +62,8 @@ class PseudoLabelConfig:
     # when its probability (audio, or visual for the CAM baseline) exceeds the threshold
     train_use_labels: bool = True  # on train, also require the class to be in the clip's video labels
     sim_alphas: tuple[float, ...] = (0.0, 0.5, 1.0)  # swept on val: exponent of the similarity sharpening
+    visual_gates: tuple[float, ...] = (0.0,)  # swept on val: weight beta of the visual classifier's clip-level
+    # class probability in the presence, p_t^(1 - beta) * v^beta (0 = the listener alone; with a listener only)
     scales: tuple[float, ...] = (1.0, 0.5, 1.5)  # multi-scale CAM (ToCo)
     flip: bool = True  # merge each scale with its horizontal flip
     bg_thresholds: tuple[float, ...] = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)  # swept on val
@@ -75,10 +81,17 @@ class FrameMaps:
     presence: Tensor  # (T, C) probabilities that class c sounds (or is visible, visual-only) in frame t
     allowed: Tensor  # (T, C) bool: valid frame and (train only, optionally) class in the video labels
     similarity: Tensor | None = None  # (T, H, W) in [0, 1], audio-patch similarity (CAM mode with a listener)
+    clip_visual: Tensor | None = None  # (1, C) the visual classifier's highest probability per class in the clip
 
-    def present(self, threshold: float) -> Tensor:
-        """(T, C) float {0, 1}: classes kept in each frame at this presence threshold."""
-        return ((self.presence > threshold) & self.allowed).float()
+    def gated(self, beta: float) -> Tensor:
+        """(T, C) presence weighted by the clip-level visual evidence, p^(1 - beta) * v^beta (unchanged at 0)."""
+        if self.clip_visual is None or beta == 0:
+            return self.presence
+        return self.presence.clamp_min(0) ** (1 - beta) * self.clip_visual ** beta
+
+    def present(self, threshold: float, beta: float = 0.0) -> Tensor:
+        """(T, C) float {0, 1}: classes kept in each frame at this presence threshold (and visual gate)."""
+        return ((self.gated(beta) > threshold) & self.allowed).float()
 
     def sharpened(self, alpha: float) -> Tensor:
         """(T, C, H, W) class maps times similarity^alpha (unchanged when alpha = 0 or there is no similarity)."""
@@ -124,13 +137,17 @@ class MapMaker:
         else:
             presence = torch.sigmoid(out.logits)  # visual-only: classes visible in the frame
         allowed = torch.from_numpy(clip["frame_valid"]).bool().to(self.device)[:, None].expand_as(presence)
+        clip_visual = None
+        if self.cache is not None and not cfg.oracle_presence:
+            # the classifier's evidence over the clip's real frames (padding frames are zeros, not evidence)
+            clip_visual = torch.sigmoid(out.logits).masked_fill(~allowed, 0).amax(dim=0, keepdim=True)  # (1, C)
         if cfg.split == "train" and cfg.train_use_labels:
             allowed = allowed & torch.from_numpy(clip["labels"]).bool().to(self.device)[None]
         sim = self.similarity(out, i, images.shape[-2:]) if self.sharpens or cfg.mode == "similarity" else None
         if cfg.mode == "similarity":
             return FrameMaps(sim[:, None] * presence[:, :, None, None], presence, allowed)  # (T, C, H, W)
         cams = multiscale_cam(lambda x: visual.cam(*_tokens(visual, x)), images, cfg.scales, cfg.flip)
-        return FrameMaps(normalize_cam(cams), presence, allowed, similarity=sim)
+        return FrameMaps(normalize_cam(cams), presence, allowed, similarity=sim, clip_visual=clip_visual)
 
     def similarity(self, out: Any, i: int, size: tuple[int, int]) -> Tensor:
         """(T, H, W) per-frame min-max normalised cos(P_v(patch), P_a(a_t)), upsampled to the frame."""
@@ -154,15 +171,16 @@ class Thresholds:
     presence: float  # class c counts in frame t when its probability exceeds this
     background: float  # background where every kept class map is <= this
     sim_alpha: float = 0.0  # similarity sharpening exponent
+    visual_gate: float = 0.0  # beta of FrameMaps.gated
 
     @property
     def key(self) -> str:
-        return f"{self.presence}/{self.background}/{self.sim_alpha}"
+        return f"{self.presence}/{self.background}/{self.sim_alpha}/{self.visual_gate}"
 
 
 def class_scores(maps: FrameMaps, th: Thresholds) -> tuple[Tensor, Tensor]:
     """Kept classes (T, C) {0, 1} and scores (T, C + 1, H, W) = [background threshold, kept class maps]."""
-    present = maps.present(th.presence)  # (T, C)
+    present = maps.present(th.presence, th.visual_gate)  # (T, C)
     return present, cam_to_scores(mask_absent(maps.sharpened(th.sim_alpha), present), th.background)
 
 
@@ -190,11 +208,13 @@ def to_prediction(maps: FrameMaps, th: Thresholds, task: str) -> tuple[np.ndarra
 
 
 def sweep_thresholds(maker: MapMaker, cfg: PseudoLabelConfig) -> tuple[Thresholds, dict[str, float]]:
-    """Choose (presence, background, alpha) with the best val mIoU (the task's official metric) on a grid; returns
-    the choice and every grid point's score ("presence/background/alpha" -> mIoU)."""
+    """Choose (presence, background, alpha, beta) with the best val mIoU (the task's official metric) on a grid;
+    returns the choice and every grid point's score ("presence/background/alpha/beta" -> mIoU)."""
     feats = maker.features
     alphas = cfg.sim_alphas if maker.sharpens else (0.0,)
-    grid = [Thresholds(p, b, a) for p in cfg.presence_thresholds for b in cfg.bg_thresholds for a in alphas]
+    gates = cfg.visual_gates if maker.cache is not None and not cfg.oracle_presence else (0.0,)
+    grid = [Thresholds(p, b, a, g) for p in cfg.presence_thresholds for b in cfg.bg_thresholds for a in alphas
+            for g in gates]
     if feats.task == "semantic":
         accs = {th: SemanticScores(len(feats.classes) + 1) for th in grid}
     else:
@@ -211,8 +231,10 @@ def sweep_thresholds(maker: MapMaker, cfg: PseudoLabelConfig) -> tuple[Threshold
                 acc.update(masks[keep], gt["masks"][keep])
             bar.advance(task)
     scores = {th: float(acc.result()["miou"]) for th, acc in accs.items()}
-    # Ties (flat regions of the grid) go to thresholds nearest 0.5, the conventional default, then to less sharpening.
-    best = max(grid, key=lambda th: (scores[th], -abs(th.presence - 0.5) - abs(th.background - 0.5), -th.sim_alpha))
+    # Ties (flat regions of the grid) go to thresholds nearest 0.5, the conventional default, then to less sharpening
+    # and less visual gating.
+    best = max(grid, key=lambda th: (scores[th], -abs(th.presence - 0.5) - abs(th.background - 0.5), -th.sim_alpha,
+                                     -th.visual_gate))
     return best, {th.key: v for th, v in scores.items()}
 
 
@@ -226,7 +248,10 @@ def thresholds_from_val(cfg: PseudoLabelConfig) -> tuple[Thresholds, str]:
         raise PcasError(f"{val_path}: made by an older pcas without the thresholds chosen on val; rerun "
                         "`pcas pseudo-label --split val`")
     m = val.meta
-    return Thresholds(float(m["presence_threshold"]), float(m["bg_threshold"]), float(m["sim_alpha"])), val.artifact_id
+    # visual_gate: absent from artifacts made before it existed, which had none
+    th = Thresholds(float(m["presence_threshold"]), float(m["bg_threshold"]), float(m["sim_alpha"]),
+                    float(m.get("visual_gate", 0.0)))
+    return th, val.artifact_id
 
 
 def iter_rows(maker: MapMaker, th: Thresholds) -> Iterator[dict[str, Any]]:
@@ -235,7 +260,7 @@ def iter_rows(maker: MapMaker, th: Thresholds) -> Iterator[dict[str, Any]]:
         maps = maker.clip_maps(i)
         scores, masks = to_prediction(maps, th, feats.task)
         yield {"clip_id": feats.read("clip_id", i), "scores": scores, "masks": masks,
-               "frame_classes": maps.presence.cpu().numpy().astype(np.float32)}
+               "frame_classes": maps.gated(th.visual_gate).cpu().numpy().astype(np.float32)}
 
 
 def run(cfg: PseudoLabelConfig) -> Path:
@@ -247,11 +272,13 @@ def run(cfg: PseudoLabelConfig) -> Path:
     if cfg.split == "val":
         th, sweep = sweep_thresholds(maker, cfg)
         CONSOLE.print(f"chosen on val: presence threshold {th.presence}, background threshold {th.background}, "
-                      f"similarity exponent {th.sim_alpha} (val mIoU {sweep[th.key]:.4f})")
+                      f"similarity exponent {th.sim_alpha}, visual gate {th.visual_gate} "
+                      f"(val mIoU {sweep[th.key]:.4f})")
     else:
         th, val_id = thresholds_from_val(cfg)
         inputs[f"{cfg.out}/val.h5"] = val_id
     meta = {"presence_threshold": th.presence, "bg_threshold": th.background, "sim_alpha": th.sim_alpha,
+            "visual_gate": th.visual_gate,
             "threshold_sweep_val_miou": sweep, "method": cfg.out}
     prov = make_provenance("pseudo-label", stage_config(cfg), None, inputs)
     return write_predictions(Path(cfg.run) / cfg.out / f"{cfg.split}.h5", feats, iter_rows(maker, th), meta, prov,
