@@ -19,10 +19,10 @@ listener then only has to tell which of the digits / objects it could be; beta =
 
 Four settings are chosen on val, jointly (a grid sweep scored against the val masks, the only use of ground truth
 here): the presence threshold (a class sounds in frame t when its probability exceeds it), the background threshold,
-the similarity exponent alpha and the visual gate beta. All are recorded in val's artifact; other splits read them from there, so test
-never tunes on test. The CAM baseline gets the same sweep over its visual presence probabilities, so the comparison
-is fair. (`oracle_presence`, a diagnostic, replaces step 1 by the split's ground-truth sounding classes: how far a
-perfect listener would take the same maps.)
+the similarity exponent alpha and the visual gate beta. All are recorded in val's artifact; other splits read them
+from there, so test never tunes on test. The CAM baseline gets the same sweep over its visual presence
+probabilities, so the comparison is fair. (`oracle_presence`, a diagnostic, replaces step 1 by the split's
+ground-truth sounding classes: how far a perfect listener would take the same maps.)
 """
 
 from __future__ import annotations
@@ -120,6 +120,8 @@ class MapMaker:
             raise PcasError("oracle_presence is a val / test diagnostic; train pseudo-labels come from the listener")
         # CAM mode with a listener and projection heads can sharpen CAMs by the audio-patch similarity
         self.sharpens = cfg.mode == "cam" and self.cache is not None and self.model.has_projections
+        # a listener's presence can be gated by the visual classifier (not the visual-only baseline's, not the oracle)
+        self.gates = self.cache is not None and not cfg.oracle_presence
 
     @torch.no_grad()
     def clip_maps(self, i: int) -> FrameMaps:
@@ -138,7 +140,7 @@ class MapMaker:
             presence = torch.sigmoid(out.logits)  # visual-only: classes visible in the frame
         allowed = torch.from_numpy(clip["frame_valid"]).bool().to(self.device)[:, None].expand_as(presence)
         clip_visual = None
-        if self.cache is not None and not cfg.oracle_presence:
+        if self.gates:
             # the classifier's evidence over the clip's real frames (padding frames are zeros, not evidence)
             clip_visual = torch.sigmoid(out.logits).masked_fill(~allowed, 0).amax(dim=0, keepdim=True)  # (1, C)
         if cfg.split == "train" and cfg.train_use_labels:
@@ -212,7 +214,7 @@ def sweep_thresholds(maker: MapMaker, cfg: PseudoLabelConfig) -> tuple[Threshold
     returns the choice and every grid point's score ("presence/background/alpha/beta" -> mIoU)."""
     feats = maker.features
     alphas = cfg.sim_alphas if maker.sharpens else (0.0,)
-    gates = cfg.visual_gates if maker.cache is not None and not cfg.oracle_presence else (0.0,)
+    gates = cfg.visual_gates if maker.gates else (0.0,)
     grid = [Thresholds(p, b, a, g) for p in cfg.presence_thresholds for b in cfg.bg_thresholds for a in alphas
             for g in gates]
     if feats.task == "semantic":
