@@ -93,13 +93,18 @@ def test_align_chooses_the_listener_threshold_on_val(run_dir: Path) -> None:
     assert prov["config"]["threshold_on_val"] is True
 
 
-def test_visual_gate_is_swept_on_val_and_read_by_test(run_dir: Path, tmp_path: Path) -> None:
+def _label_val_then_test(run_dir: Path, tmp_path: Path, out: str, *settings: str) -> Path:
+    """A copy of the pipeline run, pseudo-labelled on val (choosing its settings) then test into <out>/."""
     run2 = tmp_path / "run"
     shutil.copytree(run_dir, run2)
-    quick = ["--run", str(run2), "--device", "cpu", "--set", "scales=[1.0]", "--set", "visual_gates=[0.0, 1.0]",
-             "--out", "gated"]
     for split in ("val", "test"):
-        pcas("pseudo-label", *quick, "--split", split)
+        pcas("pseudo-label", "--run", str(run2), "--device", "cpu", "--set", "scales=[1.0]", *settings,
+             "--out", out, "--split", split)
+    return run2
+
+
+def test_visual_gate_is_swept_on_val_and_read_by_test(run_dir: Path, tmp_path: Path) -> None:
+    run2 = _label_val_then_test(run_dir, tmp_path, "gated", "--set", "visual_gates=[0.0, 1.0]")
     val, test = read_predictions(run2 / "gated/val.h5"), read_predictions(run2 / "gated/test.h5")
     sweep = val.meta["threshold_sweep_val_miou"]
     assert {k.rsplit("/", 1)[1] for k in sweep} == {"0.0", "1.0"}  # both gates scored on val
@@ -173,12 +178,7 @@ def test_oracle_presence_diagnostic_keeps_exactly_the_true_sounding_classes(run_
     hold no other class; it refuses the train split, whose pseudo-labels train later stages."""
     from pcas_cli.stages._common import frame_classes_from_masks
 
-    run2 = tmp_path / "run"
-    shutil.copytree(run_dir, run2)
-    quick = ["--run", str(run2), "--device", "cpu", "--set", "scales=[1.0]", "--set", "oracle_presence=true",
-             "--out", "oracle-listener"]
-    for split in ("val", "test"):
-        pcas("pseudo-label", *quick, "--split", split)
+    run2 = _label_val_then_test(run_dir, tmp_path, "oracle-listener", "--set", "oracle_presence=true")
     feats, pred = read_features(run2 / "features/test.h5"), read_predictions(run2 / "oracle-listener/test.h5")
     assert pred.provenance["config"]["oracle_presence"] is True
     for i in range(len(feats)):
@@ -190,7 +190,8 @@ def test_oracle_presence_diagnostic_keeps_exactly_the_true_sounding_classes(run_
             predicted = set(np.unique(masks[t]).tolist()) - {0}
             assert predicted <= {c + 1 for c in np.flatnonzero(truth[t])}
     with pytest.raises(PcasError, match="val / test diagnostic"):
-        pcas("pseudo-label", *quick, "--split", "train")
+        pcas("pseudo-label", "--run", str(run2), "--device", "cpu", "--set", "oracle_presence=true",
+             "--out", "oracle-listener", "--split", "train")
 
 
 def test_stale_inputs_are_refused(run_dir: Path, tmp_path: Path) -> None:
