@@ -70,7 +70,7 @@ def label_consistency(labels_a: Tensor, labels_b: Tensor) -> Tensor:
 
 def cmc_loss(audio: Tensor, video: Tensor, cls: Tensor, audio_labels: Tensor, video_labels: Tensor,
              cls_labels: Tensor, temperature: float = 0.1, cross_modal_only: bool = False,
-             video_patches: Tensor | None = None) -> Tensor:
+             video_patches: Tensor | None = None, patch_k: int = 1) -> Tensor:
     """Cross-Modal Contrast (paper §3.2.1, eq. 1): supervised contrast in the shared semantic space.
 
     The audio semantic tokens, video semantic tokens and video class tokens are pooled into one set of N anchors.
@@ -86,29 +86,36 @@ def cmc_loss(audio: Tensor, video: Tensor, cls: Tensor, audio_labels: Tensor, vi
         cls: (Nc, D) video class tokens.
         audio_labels: (Na, C) multi-hot labels; likewise `video_labels` (Nv, C) and `cls_labels` (Nc, C).
         temperature: tau.
-        cross_modal_only: contrast each anchor only against tokens of the other two kinds (positives and
-            denominator), leaving same-kind pairs out.
+        cross_modal_only: contrast audio tokens only against visual tokens (video and class tokens) and visual
+            tokens only against audio tokens (positives and denominator): the audio-visual contrast of eq. 1
+            (method-facts §7), without the audio-audio, video-video, video-class and class-class pairs.
         video_patches: (Nv, P, D) the patch tokens `video` was pooled from. When given, an audio token and a video
             are as similar as the audio token and the video's best-matching patch, max_p cos(a_i, patch_jp)
             (multiple-instance matching as in EZ-VSL), in both directions; other pairs keep the pooled token. Why:
             CMPC labels patches by their own similarity to the audio token, which aligning pooled tokens does not
             train (measured: README, "Which patches sound").
+        patch_k: with `video_patches`, score the pair by the mean of the k best-matching patches' cosines instead
+            of the best one alone (k = 1: max). A sounding object covers several patches; the max trains one of them
+            to resemble the audio, the top-k mean trains about as many as the object covers (the patch-level
+            similarity CMPC's labels are read from).
     """
     z = F.normalize(torch.cat([audio, video, cls]).float(), dim=-1)  # (N, D)
     labels = torch.cat([audio_labels, video_labels, cls_labels]).float()  # (N, C)
     n = z.shape[0]
     if n < 2:
         return _zero(audio, video, cls)
-    kind = torch.cat([torch.full((len(t),), k, device=z.device) for k, t in enumerate((audio, video, cls))])  # (N,)
     allowed = ~torch.eye(n, dtype=torch.bool, device=z.device)  # (N, N): self-pairs excluded
     if cross_modal_only:
-        allowed &= kind[:, None] != kind[None, :]
+        is_audio = torch.arange(n, device=z.device) < len(audio)  # (N,)
+        allowed &= is_audio[:, None] != is_audio[None, :]
     pos = label_consistency(labels, labels).bool() & allowed  # (N, N)
     cos = z @ z.T  # (N, N)
     if video_patches is not None and len(audio) and len(video):
         na, nv = len(audio), len(video)
         patches = F.normalize(video_patches.float(), dim=-1)  # (Nv, P, D)
-        best = torch.einsum("id,jpd->ijp", z[:na], patches).amax(dim=-1)  # (Na, Nv)
+        sims = torch.einsum("id,jpd->ijp", z[:na], patches)  # (Na, Nv, P)
+        k = min(max(int(patch_k), 1), patches.shape[1])
+        best = sims.amax(dim=-1) if k == 1 else sims.topk(k, dim=-1).values.mean(dim=-1)  # (Na, Nv)
         cos[:na, na:na + nv] = best
         cos[na:na + nv, :na] = best.T
     sim = (cos / temperature).masked_fill(~allowed, _NEG)  # (N, N)

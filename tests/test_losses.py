@@ -124,6 +124,15 @@ def test_cmc_loss_cross_modal_only() -> None:
     # cross-modal only: a0 and a1 each see only v (softmax of one entry -> 0); v sees a0, a1 with sims 1, 0
     cross = cmc_loss(audio, video, empty, lab, lab[:1], empty_lab, temperature=1.0, cross_modal_only=True)
     assert float(cross) == pytest.approx((L1E - 0.5) / 3, rel=1e-6)
+    # with class tokens: cross-modal means audio vs visual, so a video token and a class token never meet.
+    # a = (1,0), v = (0,1), c = (1,0), all {0}. Row a sees v, c (sims 0, 1; both positive) -> L1E - 1/2; rows v and c
+    # see only a -> 0. All pairs: row v sees a, c (sims 0, 0) -> log 2; row c sees a, v (sims 1, 0) -> L1E - 1/2.
+    a, v, c = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 0.0]])
+    lab0 = torch.tensor([[1]])
+    cross = cmc_loss(a, v, c, lab0, lab0, lab0, temperature=1.0, cross_modal_only=True)
+    assert float(cross) == pytest.approx((L1E - 0.5) / 3, rel=1e-6)
+    full = cmc_loss(a, v, c, lab0, lab0, lab0, temperature=1.0)
+    assert float(full) == pytest.approx((2 * (L1E - 0.5) + math.log(2)) / 3, rel=1e-6)
 
 
 def test_cmc_loss_patch_matching_hand_values() -> None:
@@ -149,6 +158,32 @@ def test_cmc_loss_patch_matching_hand_values() -> None:
     best = F.cosine_similarity(leaf.detach(), audio[None], dim=-1).argmax(dim=1)  # (2,)
     has_grad = leaf.grad.abs().sum(dim=-1) > 0  # (2, 3)
     assert has_grad.tolist() == F.one_hot(best, 3).bool().tolist()
+
+
+def test_cmc_loss_top_k_patch_matching_hand_values() -> None:
+    # as above with patch_k = 2: cos(a, v1) = mean(1, 0) = 1/2, cos(a, v2) = mean(0, 0) = 0, cos(v1, v2) = 1/sqrt 2.
+    # row a: positive v1 among (v1: 1/2, v2: 0) -> log(1 + e^(-1/2)); row v1: positive a among (a: 1/2, v2: 1/sqrt 2)
+    # -> log(1 + e^(1/sqrt 2 - 1/2)); row v2: no positive.
+    audio, lab_a = torch.tensor([[1.0, 0.0]]), torch.tensor([[1, 0]])
+    patches = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [0.0, 1.0]]])
+    video, lab_v = patches.amax(dim=1), torch.tensor([[1, 0], [0, 1]])
+    empty, empty_lab = torch.zeros(0, 2), torch.zeros(0, 2)
+    loss = cmc_loss(audio, video, empty, lab_a, lab_v, empty_lab, temperature=1.0, video_patches=patches, patch_k=2)
+    expected = (math.log(1 + math.exp(-0.5)) + math.log(1 + math.exp(1 / math.sqrt(2) - 0.5))) / 2
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+    # k = 1 is the best patch alone, and k beyond the patch count is the mean over all patches
+    best_only = cmc_loss(audio, video, empty, lab_a, lab_v, empty_lab, temperature=1.0, video_patches=patches)
+    assert float(cmc_loss(audio, video, empty, lab_a, lab_v, empty_lab, temperature=1.0, video_patches=patches,
+                          patch_k=1)) == pytest.approx(float(best_only), rel=1e-7)
+    assert float(cmc_loss(audio, video, empty, lab_a, lab_v, empty_lab, temperature=1.0, video_patches=patches,
+                          patch_k=5)) == pytest.approx(expected, rel=1e-6)
+    # gradients reach exactly the k best-matching patches of each video
+    torch.manual_seed(0)
+    leaf = torch.randn(2, 4, 2, requires_grad=True)
+    cmc_loss(audio, video, empty, lab_a, lab_v, empty_lab, temperature=1.0, video_patches=leaf, patch_k=2).backward()
+    top2 = F.cosine_similarity(leaf.detach(), audio[None], dim=-1).topk(2, dim=1).indices  # (2, 2)
+    expected_mask = torch.zeros(2, 4, dtype=torch.bool).scatter_(1, top2, True)
+    assert ((leaf.grad.abs().sum(dim=-1) > 0) == expected_mask).all()
 
 
 def _cmc_reference(z: torch.Tensor, labels: torch.Tensor, tau: float) -> float:

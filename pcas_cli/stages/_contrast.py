@@ -79,6 +79,11 @@ class ContrastConfig:
     cmc_patch_match: bool = True  # CMC scores an audio token against a video by its best-matching patch (EZ-VSL's
     # multiple-instance matching), which trains the patch-level similarity CMPC labels from; False: against the
     # max-pooled video token (measured: README, "Which patches sound")
+    cmc_patch_share: float = 0.0  # with cmc_patch_match: the pair's score is the mean cosine of the best
+    # round(share x patches) patches (at least 1; 0 = the best patch alone, EZ-VSL's max), so that about as many
+    # patches as a sounding object covers are trained to resemble its audio
+    cmc_cross_modal_only: bool = False  # CMC contrasts audio tokens with visual (video, class) tokens only; False:
+    # one supervised contrast over all three kinds, same-kind pairs included
     cmc_encoder_grad: float = 1.0  # CMC's gradient into the visual encoder is scaled by this; 0: CMC trains only the
     # projection heads, i.e. the audio-patch similarity that CMPC / CMCC label from, and the encoder learns from the
     # classification loss, CMPC and CMCC (z_patch / z_video / z_cls feed only CMC; CMCC's crops are not scaled)
@@ -154,7 +159,9 @@ class ContrastTask(TrainTask):
         if cfg.cmc:
             terms["cmc"] = cfg.weights.cmc * cmc_loss(out["z_audio"], out["z_video"], out["z_cls"], sounding, labels,
                                                       labels, temperature=cfg.cmc_temperature,
-                                                      video_patches=out["z_patch"] if cfg.cmc_patch_match else None)
+                                                      cross_modal_only=cfg.cmc_cross_modal_only,
+                                                      video_patches=out["z_patch"] if cfg.cmc_patch_match else None,
+                                                      patch_k=round(cfg.cmc_patch_share * out["z_patch"].shape[1]))
         if cfg.cmpc or cfg.cmcc:
             patch_labels = self.patch_labels(out["z_patch"].detach(), out["z_audio"].detach(), sounding)  # (B, N)
         if cfg.cmpc:
