@@ -96,8 +96,8 @@ def cmc_loss(audio: Tensor, video: Tensor, cls: Tensor, audio_labels: Tensor, vi
             train (measured: README, "Which patches sound").
         patch_k: with `video_patches`, score the pair by the mean of the k best-matching patches' cosines instead
             of the best one alone (k = 1: max). A sounding object covers several patches; the max trains one of them
-            to resemble the audio, the top-k mean trains about as many as the object covers (the patch-level
-            similarity CMPC's labels are read from).
+            to resemble the audio, the top-k mean trains about as many as the object covers. Measured: it spreads
+            the similarity instead (results/table4-study.md, section 5).
     """
     z = F.normalize(torch.cat([audio, video, cls]).float(), dim=-1)  # (N, D)
     labels = torch.cat([audio_labels, video_labels, cls_labels]).float()  # (N, C)

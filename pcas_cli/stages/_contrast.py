@@ -81,9 +81,10 @@ class ContrastConfig:
     # max-pooled video token (measured: README, "Which patches sound")
     cmc_patch_share: float = 0.0  # with cmc_patch_match: the pair's score is the mean cosine of the best
     # round(share x patches) patches (at least 1; 0 = the best patch alone, EZ-VSL's max), so that about as many
-    # patches as a sounding object covers are trained to resemble its audio
+    # patches as a sounding object covers are trained to resemble its audio (measured worse: results/table4-study.md)
     cmc_cross_modal_only: bool = False  # CMC contrasts audio tokens with visual (video, class) tokens only; False:
-    # one supervised contrast over all three kinds, same-kind pairs included
+    # one supervised contrast over all three kinds, same-kind pairs included (measured: far better CMPC labels, not
+    # better masks; results/table4-study.md)
     cmc_encoder_grad: float = 1.0  # CMC's gradient into the visual encoder is scaled by this; 0: CMC trains only the
     # projection heads, i.e. the audio-patch similarity that CMPC / CMCC label from, and the encoder learns from the
     # classification loss, CMPC and CMCC (z_patch / z_video / z_cls feed only CMC; CMCC's crops are not scaled)
