@@ -115,6 +115,7 @@ def cmc_loss(audio: Tensor, video: Tensor, cls: Tensor, audio_labels: Tensor, vi
         patches = F.normalize(video_patches.float(), dim=-1)  # (Nv, P, D)
         sims = torch.einsum("id,jpd->ijp", z[:na], patches)  # (Na, Nv, P)
         k = min(max(int(patch_k), 1), patches.shape[1])
+        # k = 1 keeps amax (not topk(1)): the same values, and the gradient on ties of earlier runs, bit for bit
         best = sims.amax(dim=-1) if k == 1 else sims.topk(k, dim=-1).values.mean(dim=-1)  # (Na, Nv)
         cos[:na, na:na + nv] = best
         cos[na:na + nv, :na] = best.T
