@@ -207,12 +207,28 @@ ABL_FLAGS_cmcc = --no-cmc --no-cmpc --cmcc
 ABL_FLAGS_cmpc-cmcc = --no-cmc --cmpc --cmcc
 ABL_FLAGS_cmc-cmpc = --cmc --cmpc --no-cmcc
 ABL_FLAGS_cmc-cmcc = --cmc --no-cmpc --cmcc
+# Table 4 over more seeds: `make reproduce-ablations TABLE4_SEEDS="0 1 2"` also trains every row's align / refine
+# with seeds 1 and 2 (same visual.pt and listeners) as align-s1.pt, refine-cmc-s1.pt, ..., ablations/cmc-s1/; the
+# report then adds each row's mean and standard deviation over the seeds. Seed 0 keeps the plain names above.
+TABLE4_SEEDS ?= 0
+EXTRA_SEEDS = $(filter-out 0,$(TABLE4_SEEDS))
+define SEEDED_ALIGN
+$$(RUNS)/%/ckpt/align-s$(1).pt: $$(RUNS)/%/ckpt/tvp.pt $$(RUNS)/%/ckpt/ast.pt $$$$(call stage_cfg,$$$$*,align)
+	$$(PCAS) align --run $$(RUNS)/$$* --name align-s$(1) --seed $(1) $$(PRESET)
+$$(RUNS)/%/ckpt/align-nocmc-s$(1).pt: $$(RUNS)/%/ckpt/tvp.pt $$(RUNS)/%/ckpt/ast.pt $$$$(call stage_cfg,$$$$*,align)
+	$$(PCAS) align --run $$(RUNS)/$$* --name align-nocmc-s$(1) --no-cmc --seed $(1) $$(PRESET)
+$$(RUNS)/%/ckpt/refine-s$(1).pt: $$(RUNS)/%/ckpt/align-s$(1).pt $$$$(call stage_cfg,$$$$*,refine)
+	$$(PCAS) refine --run $$(RUNS)/$$* --name refine-s$(1) --init align-s$(1) --seed $(1) $$(PRESET)
+endef
+$(foreach s,$(EXTRA_SEEDS),$(eval $(call SEEDED_ALIGN,$(s))))
+# refine variant $(1) with name suffix $(2) and seed option $(3) (both empty for seed 0)
 define REFINE_VARIANT
-$$(RUNS)/%/ckpt/refine-$(1).pt: $$(RUNS)/%/ckpt/$$(ABL_INIT_$(1)).pt $$$$(call stage_cfg,$$$$*,refine)
-	$$(PCAS) refine --run $$(RUNS)/$$* --name refine-$(1) --init $$(ABL_INIT_$(1)) $$(ABL_FLAGS_$(1)) $$(PRESET)
+$$(RUNS)/%/ckpt/refine-$(1)$(2).pt: $$(RUNS)/%/ckpt/$$(ABL_INIT_$(1))$(2).pt $$$$(call stage_cfg,$$$$*,refine)
+	$$(PCAS) refine --run $$(RUNS)/$$* --name refine-$(1)$(2) --init $$(ABL_INIT_$(1))$(2) $$(ABL_FLAGS_$(1)) $(3)$$(PRESET)
 endef
 REFINE_VARIANTS = none cmc cmpc cmcc cmpc-cmcc cmc-cmpc cmc-cmcc
-$(foreach v,$(REFINE_VARIANTS),$(eval $(call REFINE_VARIANT,$(v))))
+$(foreach v,$(REFINE_VARIANTS),$(eval $(call REFINE_VARIANT,$(v),,)))
+$(foreach s,$(EXTRA_SEEDS),$(foreach v,$(REFINE_VARIANTS),$(eval $(call REFINE_VARIANT,$(v),-s$(s),--seed $(s) ))))
 
 # Table 4 row -> weights (all = refine.pt); "plain" is a reference outside the table's design: the Looking encoder
 # as train-visual left it, with no align / refine training at all.
@@ -228,14 +244,17 @@ endef
 $(eval $(call ABLATION_ROW,plain,visual))
 $(eval $(call ABLATION_ROW,all,refine))
 $(foreach v,$(REFINE_VARIANTS),$(eval $(call ABLATION_ROW,$(v),refine-$(v))))
+$(foreach s,$(EXTRA_SEEDS),$(eval $(call ABLATION_ROW,all-s$(s),refine-s$(s))) \
+    $(foreach v,$(REFINE_VARIANTS),$(eval $(call ABLATION_ROW,$(v)-s$(s),refine-$(v)-s$(s)))))
 
 ABLATIONS = none cmc cmpc cmcc cmpc-cmcc cmc-cmpc cmc-cmcc all plain
+SEEDED_ABLATIONS = $(foreach s,$(EXTRA_SEEDS),$(foreach a,$(filter-out plain,$(ABLATIONS)),$(a)-s$(s)))
 # What CMPC trains on: its patch labels (eq. 2) scored against the train masks, with and without CMC (a diagnostic;
 # README, "Which patches sound").
 PATCH_LABEL_WEIGHTS = '["align-nocmc", "refine-cmpc", "align", "refine"]'
 $(RUNS)/%/metrics/patch-labels.json: $(RUNS)/%/ckpt/refine.pt $(RUNS)/%/ckpt/refine-cmpc.pt $$(call stage_cfg,$$*,diagnose)
 	$(PCAS) diagnose --run $(RUNS)/$* --set out=patch-labels --set patch_labels=$(PATCH_LABEL_WEIGHTS) $(PRESET)
-ablation_metrics = $(foreach a,$(ABLATIONS),$(RUNS)/$(1)/metrics/ablation-$(a).json) $(RUNS)/$(1)/metrics/patch-labels.json
+ablation_metrics = $(foreach a,$(ABLATIONS) $(SEEDED_ABLATIONS),$(RUNS)/$(1)/metrics/ablation-$(a).json) $(RUNS)/$(1)/metrics/patch-labels.json
 
 reproduce-ablations: $(REPRODUCE) $(call ablation_metrics,synth-avss)
 	$(PCAS) report --runs $(RUNS) --out results

@@ -116,3 +116,17 @@ def test_editing_one_preset_section_reruns_that_stage_onward_only(tmp_path: Path
     for upstream in ("pcas build-avdigits", "pcas extract", "pcas train-visual", "pcas train-tvp",
                      "pcas train-supervised", "--out baselines/cam", "out=listeners"):
         assert upstream not in out
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make not installed")
+def test_extra_table4_seeds_train_every_row_again_with_their_seed(tmp_path: Path) -> None:
+    _up_to_date_tree(tmp_path, "reproduce-ablations")
+    out = _dry_run(tmp_path, "reproduce-ablations", "TABLE4_SEEDS=0 1")
+    # seed 0's rows are up to date; seed 1 trains both align checkpoints and every refine variant with --seed 1
+    assert "--name align-s1 --seed 1" in out and "--name align-nocmc-s1 --no-cmc --seed 1" in out
+    assert "--name refine-s1 --init align-s1 --seed 1" in out
+    assert "--name refine-cmpc-cmcc-s1 --init align-nocmc-s1 --no-cmc --cmpc --cmcc --seed 1" in out
+    evals = re.findall(r"--name \"([\w-]+)\"", out)
+    assert sorted(evals) == sorted(f"{a}-s1" for a in ("none", "cmc", "cmpc", "cmcc", "cmpc-cmcc", "cmc-cmpc",
+                                                        "cmc-cmcc", "all"))
+    assert "--seed 0" not in out and "plain-s1" not in out

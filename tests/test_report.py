@@ -93,3 +93,40 @@ def test_bound_convergence_line_flags_only_a_still_rising_bound() -> None:
                       "(best epoch 5)."  # +0.4 points in the last epoch: within STILL_RISING
     assert "Still rising" in bound_convergence_line([0.1, 0.3])
     assert "Still rising" not in bound_convergence_line([0.3, 0.1]) and "best epoch 1" in bound_convergence_line([0.3])
+
+
+def test_table4_over_seeds_gives_mean_std_and_removal_gains(tmp_path: Path) -> None:
+    from pcas_cli.stages.report import ABLATION_ROWS, table4, timing_table
+
+    runs = tmp_path / "runs"
+    base = {"none": 0.50, "cmc": 0.51, "cmpc": 0.52, "cmcc": 0.515, "cmpc-cmcc": 0.53, "cmc-cmpc": 0.54,
+            "cmc-cmcc": 0.52, "all": 0.55}
+    for key, _ in ABLATION_ROWS:
+        _metrics(runs / f"x-avss/metrics/ablation-{key}.json", base[key], 0.6)
+        _metrics(runs / f"x-avss/metrics/ablation-{key}-s1.json", base[key] + 0.02, 0.7)
+    _metrics(runs / "x-avss/metrics/ablation-all-s2.json", 0.58, 0.8)  # seed 2 only has the full row so far
+    cfg = ReportConfig(runs=runs, out=tmp_path / "results", prefix="x", timings=tmp_path / "none.jsonl")
+    lines, data = table4(cfg)
+    text = "\n".join(lines)
+    assert lines[0].count("|") - 1 == 7 and lines[1] == "|" + "---|" * 7
+    # full row: seeds 0, 1, 2 -> 55, 57, 58: mean 56.67, sample std 1.53; F 60, 70, 80 -> 70 ± 10
+    assert "| ✓ | ✓ | ✓ | 60.00 | 55.00 | 70.00 ± 10.00 (3) | 56.67 ± 1.53 (3) |" in text
+    assert "|  |  |  | 60.00 | 50.00 | 65.00 ± 7.07 (2) | 51.00 ± 1.41 (2) |" in text  # none: seeds 0 and 1
+    # removal gains: full mean 56.67 minus CMPC+CMCC 54, CMC+CMCC 53, CMC+CMPC 55
+    assert "CMC +2.67, CMPC +3.67, CMCC +1.67." in text
+    assert abs(data["removal_gain"]["CMPC"] - (0.5667 - 0.53)) < 1e-3 and set(data["all"]["seeds"]) == {"0", "1", "2"}
+    # no extra seeds: the single-seed table
+    for p in (runs / "x-avss/metrics").glob("*-s[12].json"):
+        p.unlink()
+    lines, data = table4(cfg)
+    assert lines[0] == "| CMC | CMPC | CMCC | F-score | mIoU |" and "removal_gain" not in data
+    # timings: the extra seeds' commands are summarised in one line per run
+    timings = tmp_path / "t.jsonl"
+    log = [("refine", ["--name", "refine-cmc"], 10.0), ("refine", ["--name", "refine-cmc-s1", "--seed", "1"], 11.0),
+           ("pseudo-label", ["--split", "val", "--out", "ablations/cmc-s2"], 5.0)]
+    timings.write_text("".join(json.dumps({"command": c, "argv": ["--run", str(runs / "x-avss"), *a], "seconds": t,
+                                           "peak_rss_mb": 900.0 + t}) + "\n" for c, a, t in log))
+    lines, _ = timing_table(ReportConfig(runs=runs, prefix="x", timings=timings))
+    assert "| x-avss | `refine --name refine-cmc` | 10.0 | 910 |" in lines
+    assert "| x-avss | 2 commands of the extra Table 4 seeds | 16.0 | 911 |" in lines
+    assert not any("refine-cmc-s1" in line for line in lines)

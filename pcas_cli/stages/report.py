@@ -179,9 +179,29 @@ def listener_scores(runs: Path, run: str, stem: str) -> dict[str, Any] | None:
     return m and {k: m[k] for k in ("map", "exact_acc", "frames")}
 
 
+def ablation_seeds(runs: Path, run: str) -> list[int]:
+    """Extra Table 4 seeds (> 0) with at least one row scored: metrics/ablation-<row>-s<seed>.json (Makefile,
+    TABLE4_SEEDS)."""
+    found = {int(m["seed"]) for p in (runs / run / "metrics").glob("ablation-*-s*.json")
+             if (m := re.fullmatch(r"ablation-.+-s(?P<seed>\d+)\.json", p.name))}
+    return sorted(found - {0})
+
+
+def _mean_std(values: list[float]) -> str:
+    """'mean ± sample std (n)' x100; just the value when n = 1."""
+    a = 100 * np.asarray(values)
+    if len(a) == 1:
+        return f"{a[0]:.2f}"
+    return f"{a.mean():.2f} ± {a.std(ddof=1):.2f} ({len(a)})"
+
+
 def table4(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
     run = f"{cfg.prefix}-avss"
-    lines = ["| CMC | CMPC | CMCC | F-score | mIoU |", "|---|---|---|---|---|"]
+    seeds = ablation_seeds(Path(cfg.runs), run)
+    header = "| CMC | CMPC | CMCC | F-score | mIoU |"
+    if seeds:
+        header = "| CMC | CMPC | CMCC | F-score (seed 0) | mIoU (seed 0) | F-score over seeds | mIoU over seeds |"
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
     data: dict[str, Any] = {}
     for key, flags in ABLATION_ROWS:
         m = metrics_of(cfg.runs, run, f"ablation-{key}")
@@ -189,12 +209,33 @@ def table4(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
             continue
         data[key] = _pick(m)
         marks = " | ".join("✓" if f else "" for f in flags)
-        lines.append(f"| {marks} | {_pct(m['fscore'])} | {_pct(m['miou'])} |")
+        line = f"| {marks} | {_pct(m['fscore'])} | {_pct(m['miou'])} |"
+        if seeds:
+            per_seed = {0: m} | {s: ms for s in seeds if (ms := metrics_of(cfg.runs, run, f"ablation-{key}-s{s}"))}
+            data[key]["seeds"] = {str(s): _pick(ms) for s, ms in per_seed.items()}
+            data[key]["miou_mean"] = float(np.mean([ms["miou"] for ms in per_seed.values()]))
+            line += (f" {_mean_std([ms['fscore'] for ms in per_seed.values()])} |"
+                     f" {_mean_std([ms['miou'] for ms in per_seed.values()])} |")
+        lines.append(line)
     plain = metrics_of(cfg.runs, run, f"ablation-{PLAIN_ROW[0]}")
     if data and plain is not None:
         data[PLAIN_ROW[0]] = _pick(plain)
-        lines.append(f"| {PLAIN_ROW[1]} | – | – | {_pct(plain['fscore'])} | {_pct(plain['miou'])} |")
-    return (lines, data) if data else ([], {})
+        lines.append(f"| {PLAIN_ROW[1]} | – | – | {_pct(plain['fscore'])} | {_pct(plain['miou'])} |"
+                     + (" – | – |" if seeds else ""))
+    if not data:
+        return [], {}
+    if seeds:
+        lines += ["", "Columns over seeds: mean ± sample standard deviation (number of seeds) of rows trained with "
+                  "align / refine seeds 0, " + ", ".join(map(str, seeds)) + " from the same Looking encoder and "
+                  "listeners (`make reproduce-ablations TABLE4_SEEDS=...`)."]
+        if "all" in data:
+            drops = [(name, data["all"]["miou_mean"] - data[key]["miou_mean"])
+                     for name, key in (("CMC", "cmpc-cmcc"), ("CMPC", "cmc-cmcc"), ("CMCC", "cmc-cmpc"))
+                     if key in data and "miou_mean" in data[key]]
+            data["removal_gain"] = {name: d for name, d in drops}
+            lines.append("Full row minus the row without each module (mean mIoU over seeds, x100; positive = the "
+                         "module helps): " + ", ".join(f"{name} {100 * d:+.2f}" for name, d in drops) + ".")
+    return lines, data
 
 
 def crf_per_class_table(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
@@ -298,12 +339,20 @@ def timing_table(cfg: ReportConfig) -> tuple[list[str], list[dict[str, Any]]]:
     rows = [{"run": k[0], "command": f"{k[1]} {v['detail']}".strip(), "seconds": v["seconds"],
              "peak_rss_mb": v["peak_rss_mb"]} for k, v in sorted(latest.items())]
     lines = ["| run | command | wall time (s) | peak memory (MiB) |", "|---|---|---|---|"]
-    lines += [f"| {r['run']} | `{r['command']}` | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} |" for r in rows]
+    lines += [f"| {r['run']} | `{r['command']}` | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} |" for r in rows
+              if not _EXTRA_SEED.search(r["command"])]
+    # the extra Table 4 seeds repeat the seed-0 rows' commands: one summary line per run instead of ~35 each
+    for run in sorted({r["run"] for r in rows}):
+        seeded = [r for r in rows if r["run"] == run and _EXTRA_SEED.search(r["command"])]
+        if seeded:
+            lines.append(f"| {run} | {len(seeded)} commands of the extra Table 4 seeds | "
+                         f"{sum(r['seconds'] for r in seeded):.1f} | {max(r['peak_rss_mb'] for r in seeded):.0f} |")
     total = sum(r["seconds"] for r in rows)
     lines.append(f"| all | | {total:.1f} | {max((r['peak_rss_mb'] for r in rows), default=0):.0f} |")
     return lines, rows
 
 
+_EXTRA_SEED = re.compile(r"\w-s[1-9]\d*\b")  # align-s1, ablations/cmc-s2, ...: names of extra Table 4 seeds
 _DATA_COMMANDS = ("synth", "build-avdigits", "extract")  # make a run's data set (they run before its extract)
 
 
