@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -298,3 +300,24 @@ def test_pseudo_label_visual_gate_weighs_in_the_clip_level_visual_evidence():
     _, masks = to_prediction(gated, Thresholds(0.5, 0.3, 0.0, 0.5), "semantic")
     assert alone.tolist() == [[[1, 1, 0, 0]]] and masks.tolist() == [[[0, 0, 2, 2]]]
     assert FrameMaps(fm.maps, fm.presence, fm.allowed).gated(0.5) is fm.presence  # no visual evidence: unchanged
+
+
+def test_sweep_masks_per_background_equal_the_per_threshold_path():
+    from pcas_cli.stages.pseudo_label import FrameMaps, Thresholds, class_scores, masks_from_scores, \
+        masks_per_background
+
+    g = torch.Generator().manual_seed(0)
+    # maps on a coarse grid of values so ties (between classes, and with the background threshold) really occur
+    maps = (torch.randint(0, 11, (3, 4, 5, 6), generator=g) / 10).float()
+    fm = FrameMaps(maps, torch.rand(3, 4, generator=g), torch.rand(3, 4, generator=g) > 0.2,
+                   similarity=torch.rand(3, 5, 6, generator=g), clip_visual=torch.rand(1, 4, generator=g))
+    backgrounds = (0.0, 0.2, 0.3, 0.5, 0.7, 1.0)
+    for task in ("semantic", "binary"):
+        for presence in (0.2, 0.5, 0.9):
+            for alpha, beta in ((0.0, 0.0), (1.0, 0.0), (0.5, 0.5)):
+                head = Thresholds(presence, 0.0, alpha, beta)
+                fast = dict(masks_per_background(fm, head, backgrounds, task))
+                for b in backgrounds:
+                    th = Thresholds(presence, b, alpha, beta)
+                    present, scores = class_scores(fm, th)
+                    np.testing.assert_array_equal(fast[b], masks_from_scores(scores, present, task))

@@ -195,6 +195,23 @@ def masks_from_scores(scores: Tensor, present: Tensor, task: str) -> np.ndarray:
     return masks.cpu().numpy().astype(np.uint8)
 
 
+def masks_per_background(maps: FrameMaps, th: Thresholds, backgrounds: tuple[float, ...],
+                         task: str) -> Iterator[tuple[float, np.ndarray]]:
+    """(background threshold, (T, H, W) masks) for each background threshold, with th's other settings: the same
+    masks as `masks_from_scores(*class_scores(...))` (background unless the strongest kept class map beats the
+    threshold; ties go to background and then to the first class), but the kept maps and their argmax are computed
+    once for all background thresholds, which makes the val sweep several times faster."""
+    present = maps.present(th.presence, th.visual_gate)  # (T, C)
+    kept = maps.sharpened(th.sim_alpha).masked_fill(present[:, :, None, None] == 0, -1.0)  # (T, C, H, W)
+    best = kept.argmax(dim=1)  # (T, H, W) first strongest class
+    top = kept.amax(dim=1)  # (T, H, W)
+    for background in backgrounds:
+        masks = torch.where(top > background, best + 1, 0)
+        if task == "binary":
+            masks = masks > 0
+        yield background, masks.cpu().numpy().astype(np.uint8)
+
+
 def to_prediction(maps: FrameMaps, th: Thresholds, task: str) -> tuple[np.ndarray, np.ndarray]:
     """(T, K, H, W) float16 soft scores and (T, H, W) uint8 masks from class maps (see module docstring, step 3)."""
     present, scores = class_scores(maps, th)
@@ -221,16 +238,18 @@ def sweep_thresholds(maker: MapMaker, cfg: PseudoLabelConfig) -> tuple[Threshold
         accs = {th: SemanticScores(len(feats.classes) + 1) for th in grid}
     else:
         accs = {th: BinaryMIoU() for th in grid}
+    # one pass per (presence, alpha, beta) covers every background threshold (masks_per_background)
+    heads = sorted({Thresholds(th.presence, 0.0, th.sim_alpha, th.visual_gate) for th in grid}, key=str)
     with progress(transient=True) as bar:
         task = bar.add_task("choosing thresholds on val", total=len(feats), info="")
         for i in range(len(feats)):
             maps = maker.clip_maps(i)
             gt = feats.clip(i, ("masks", "mask_valid"))
             keep = gt["mask_valid"]
-            for th, acc in accs.items():
-                present, scores = class_scores(maps, th)  # masks only: the soft scores are not needed here
-                masks = masks_from_scores(scores, present, feats.task)
-                acc.update(masks[keep], gt["masks"][keep])
+            for head in heads:
+                for background, masks in masks_per_background(maps, head, cfg.bg_thresholds, feats.task):
+                    th = Thresholds(head.presence, background, head.sim_alpha, head.visual_gate)
+                    accs[th].update(masks[keep], gt["masks"][keep])
             bar.advance(task)
     scores = {th: float(acc.result()["miou"]) for th, acc in accs.items()}
     # Ties (flat regions of the grid) go to thresholds nearest 0.5, the conventional default, then to less sharpening
