@@ -24,6 +24,7 @@ export PCAS_TIMINGS := $(abspath data/timings.jsonl)
 help:
 	@echo "make reproduce            embedded synthetic data -> all stages -> results/ (Tables 1-3, timings)"
 	@echo "make reproduce-ablations  Table 4: every combination of CMC / CMPC / CMCC on the AVSS-layout data"
+	@echo "                          (TABLE4_SEEDS=\"0 1 2\": each row trained with each seed; mean and std per row)"
 	@echo "make reproduce-seg        the final segmentation network on PCAS pseudo-labels (pcas train-seg), AVSS layout"
 	@echo "make test                 the test suite (fast part);  make test-slow: heavier tests"
 	@echo "make bench                speed / memory benchmarks -> results/bench.md"
