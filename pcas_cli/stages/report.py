@@ -227,7 +227,7 @@ def table4(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
     if seeds:
         lines += ["", "Columns over seeds: mean ± sample standard deviation (number of seeds) of rows trained with "
                   "align / refine seeds 0, " + ", ".join(map(str, seeds)) + " from the same Looking encoder and "
-                  "listeners (`make reproduce-ablations TABLE4_SEEDS=...`)."]
+                  f"listeners (`make reproduce-ablations TABLE4_SEEDS=\"0 {' '.join(map(str, seeds))}\"`)."]
         if "all" in data:
             drops = [(name, data["all"]["miou_mean"] - data[key]["miou_mean"])
                      for name, key in (("CMC", "cmpc-cmcc"), ("CMPC", "cmc-cmcc"), ("CMCC", "cmc-cmpc"))
