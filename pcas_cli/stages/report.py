@@ -229,12 +229,19 @@ def table4(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
                   "align / refine seeds 0, " + ", ".join(map(str, seeds)) + " from the same Looking encoder and "
                   f"listeners (`make reproduce-ablations TABLE4_SEEDS=\"0 {' '.join(map(str, seeds))}\"`)."]
         if "all" in data:
-            drops = [(name, data["all"]["miou_mean"] - data[key]["miou_mean"])
-                     for name, key in (("CMC", "cmpc-cmcc"), ("CMPC", "cmc-cmcc"), ("CMCC", "cmc-cmpc"))
-                     if key in data and "miou_mean" in data[key]]
-            data["removal_gain"] = {name: d for name, d in drops}
+            full = data["all"]["seeds"]
+            parts = []
+            for name, key in (("CMC", "cmpc-cmcc"), ("CMPC", "cmc-cmcc"), ("CMCC", "cmc-cmpc")):
+                if key not in data or "miou_mean" not in data[key]:
+                    continue
+                gain = data["all"]["miou_mean"] - data[key]["miou_mean"]
+                # the same seed trained both rows: per-seed differences show whether the sign holds
+                paired = {s: full[s]["miou"] - m["miou"] for s, m in data[key]["seeds"].items() if s in full}
+                data.setdefault("removal_gain", {})[name] = {"mean": gain, "per_seed": paired}
+                parts.append(f"{name} {100 * gain:+.2f} (per seed " +
+                             " / ".join(f"{100 * d:+.2f}" for d in paired.values()) + ")")
             lines.append("Full row minus the row without each module (mean mIoU over seeds, x100; positive = the "
-                         "module helps): " + ", ".join(f"{name} {100 * d:+.2f}" for name, d in drops) + ".")
+                         "module helps): " + ", ".join(parts) + ".")
     return lines, data
 
 
