@@ -225,24 +225,30 @@ def table4(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
     if not data:
         return [], {}
     if seeds:
-        lines += ["", "Columns over seeds: mean ± sample standard deviation (number of seeds) of rows trained with "
-                  "align / refine seeds 0, " + ", ".join(map(str, seeds)) + " from the same Looking encoder and "
-                  f"listeners (`make reproduce-ablations TABLE4_SEEDS=\"0 {' '.join(map(str, seeds))}\"`)."]
-        if "all" in data:
-            full = data["all"]["seeds"]
-            parts = []
-            for name, key in (("CMC", "cmpc-cmcc"), ("CMPC", "cmc-cmcc"), ("CMCC", "cmc-cmpc")):
-                if key not in data or "miou_mean" not in data[key]:
-                    continue
-                gain = data["all"]["miou_mean"] - data[key]["miou_mean"]
-                # the same seed trained both rows: per-seed differences show whether the sign holds
-                paired = {s: full[s]["miou"] - m["miou"] for s, m in data[key]["seeds"].items() if s in full}
-                data.setdefault("removal_gain", {})[name] = {"mean": gain, "per_seed": paired}
-                parts.append(f"{name} {100 * gain:+.2f} (per seed " +
-                             " / ".join(f"{100 * d:+.2f}" for d in paired.values()) + ")")
-            lines.append("Full row minus the row without each module (mean mIoU over seeds, x100; positive = the "
-                         "module helps): " + ", ".join(parts) + ".")
+        lines += ["", *_seed_notes(data, seeds)]
     return lines, data
+
+
+def _seed_notes(data: dict[str, Any], seeds: list[int]) -> list[str]:
+    """Lines under Table 4 when extra seeds exist: what the seed columns are, and what each module adds to the full
+    row (mean over seeds and per seed, paired: the same seed trained both rows). Records the gains in `data`."""
+    lines = ["Columns over seeds: mean ± sample standard deviation (number of seeds) of rows trained with align / "
+             "refine seeds 0, " + ", ".join(map(str, seeds)) + " from the same Looking encoder and listeners "
+             f"(`make reproduce-ablations TABLE4_SEEDS=\"0 {' '.join(map(str, seeds))}\"`)."]
+    if "all" not in data:
+        return lines
+    full, parts = data["all"]["seeds"], []
+    for name, key in (("CMC", "cmpc-cmcc"), ("CMPC", "cmc-cmcc"), ("CMCC", "cmc-cmpc")):
+        if key not in data:
+            continue
+        gain = data["all"]["miou_mean"] - data[key]["miou_mean"]
+        paired = {s: full[s]["miou"] - m["miou"] for s, m in data[key]["seeds"].items() if s in full}
+        data.setdefault("removal_gain", {})[name] = {"mean": gain, "per_seed": paired}
+        parts.append(f"{name} {100 * gain:+.2f} (per seed " + " / ".join(f"{100 * d:+.2f}" for d in paired.values())
+                     + ")")
+    lines.append("Full row minus the row without each module (mean mIoU over seeds, x100; positive = the module "
+                 "helps): " + ", ".join(parts) + ".")
+    return lines
 
 
 def crf_per_class_table(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
