@@ -27,7 +27,7 @@ ground-truth sounding classes: how far a perfect listener would take the same ma
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
@@ -239,7 +239,7 @@ def sweep_thresholds(maker: MapMaker, cfg: PseudoLabelConfig) -> tuple[Threshold
     else:
         accs = {th: BinaryMIoU() for th in grid}
     # one pass per (presence, alpha, beta) covers every background threshold (masks_per_background)
-    heads = sorted({Thresholds(th.presence, 0.0, th.sim_alpha, th.visual_gate) for th in grid}, key=str)
+    heads = [th for th in grid if th.background == cfg.bg_thresholds[0]]
     with progress(transient=True) as bar:
         task = bar.add_task("choosing thresholds on val", total=len(feats), info="")
         for i in range(len(feats)):
@@ -248,8 +248,7 @@ def sweep_thresholds(maker: MapMaker, cfg: PseudoLabelConfig) -> tuple[Threshold
             keep = gt["mask_valid"]
             for head in heads:
                 for background, masks in masks_per_background(maps, head, cfg.bg_thresholds, feats.task):
-                    th = Thresholds(head.presence, background, head.sim_alpha, head.visual_gate)
-                    accs[th].update(masks[keep], gt["masks"][keep])
+                    accs[replace(head, background=background)].update(masks[keep], gt["masks"][keep])
             bar.advance(task)
     scores = {th: float(acc.result()["miou"]) for th, acc in accs.items()}
     # Ties (flat regions of the grid) go to thresholds nearest 0.5, the conventional default, then to less sharpening

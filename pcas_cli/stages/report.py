@@ -352,14 +352,16 @@ def timing_table(cfg: ReportConfig) -> tuple[list[str], list[dict[str, Any]]]:
     rows = [{"run": k[0], "command": f"{k[1]} {v['detail']}".strip(), "seconds": v["seconds"],
              "peak_rss_mb": v["peak_rss_mb"]} for k, v in sorted(latest.items())]
     lines = ["| run | command | wall time (s) | peak memory (MiB) |", "|---|---|---|---|"]
-    lines += [f"| {r['run']} | `{r['command']}` | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} |" for r in rows
-              if not _EXTRA_SEED.search(r["command"])]
     # the extra Table 4 seeds repeat the seed-0 rows' commands: one summary line per run instead of ~35 each
-    for run in sorted({r["run"] for r in rows}):
-        seeded = [r for r in rows if r["run"] == run and _EXTRA_SEED.search(r["command"])]
-        if seeded:
-            lines.append(f"| {run} | {len(seeded)} commands of the extra Table 4 seeds | "
-                         f"{sum(r['seconds'] for r in seeded):.1f} | {max(r['peak_rss_mb'] for r in seeded):.0f} |")
+    seeded: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if _EXTRA_SEED.search(r["command"]):
+            seeded.setdefault(r["run"], []).append(r)
+        else:
+            lines.append(f"| {r['run']} | `{r['command']}` | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} |")
+    for run, rs in sorted(seeded.items()):
+        lines.append(f"| {run} | {len(rs)} commands of the extra Table 4 seeds | {sum(r['seconds'] for r in rs):.1f} "
+                     f"| {max(r['peak_rss_mb'] for r in rs):.0f} |")
     total = sum(r["seconds"] for r in rows)
     lines.append(f"| all | | {total:.1f} | {max((r['peak_rss_mb'] for r in rows), default=0):.0f} |")
     return lines, rows
