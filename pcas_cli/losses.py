@@ -63,6 +63,46 @@ def audio_mil_loss(frame_logits: Tensor, video_labels: Tensor, second_valid: Ten
     return F.binary_cross_entropy_with_logits(z[clip_ok], video_labels[clip_ok].float())
 
 
+def teacher_second_targets(teacher_probs: Tensor, video_labels: Tensor, second_valid: Tensor) -> Tensor:
+    """Per-second soft targets for a self-trained listener, from a trained MIL listener and the video labels.
+
+    Beyond the paper (results/avdigits-diagnostics.md). The MIL loss asks a labelled class to sound in *some* second,
+    so among a clip's labelled classes it never says which sounds when: a listener may hear "one" in the second where
+    "seven" is spoken whenever both are in the clip, and learns little about telling them apart. Restricted to the
+    labels, a trained MIL listener places each class in time well, so its probabilities become per-second targets:
+
+        q_{t,c} = y_c * p_{t,c} / max_{s in V} p_{s,c}
+
+    A labelled class sounds in its most likely valid second (target 1, the MIL assumption) and elsewhere in proportion;
+    a class outside the labels sounds in no second (target 0: exact under video labels). Invalid seconds get 0.
+
+    Args:
+        teacher_probs: (B, T, C) per-second probabilities in [0, 1].
+        video_labels: (B, C) multi-hot {0, 1}.
+        second_valid: (B, T) bool.
+    Returns:
+        (B, T, C) targets in [0, 1].
+    """
+    p = teacher_probs.float() * second_valid.bool()[:, :, None]  # (B, T, C)
+    peak = p.amax(dim=1, keepdim=True).clamp_min(1e-12)  # (B, 1, C)
+    return p / peak * video_labels.float()[:, None, :]
+
+
+def second_bce_loss(frame_logits: Tensor, targets: Tensor, second_valid: Tensor) -> Tensor:
+    """Binary cross-entropy with logits between per-second logits and (soft) targets, averaged over valid seconds and
+    classes; 0 if no second is valid.
+
+    Args:
+        frame_logits: (B, T, C).
+        targets: (B, T, C) in [0, 1].
+        second_valid: (B, T) bool.
+    """
+    valid = second_valid.bool()
+    if not bool(valid.any()):
+        return _zero(frame_logits)
+    return F.binary_cross_entropy_with_logits(frame_logits.float()[valid], targets.float()[valid])
+
+
 def label_consistency(labels_a: Tensor, labels_b: Tensor) -> Tensor:
     """Y_ij = 1 if the multi-hot label sets i and j share a class (paper eq. 1): (Na, C), (Nb, C) -> (Na, Nb) float."""
     return ((labels_a.float() @ labels_b.float().T) > 0).float()

@@ -18,7 +18,9 @@ from pcas_cli.losses import (
     label_consistency,
     multilabel_loss,
     patch_labels_from_audio,
+    second_bce_loss,
     segmentation_loss,
+    teacher_second_targets,
 )
 
 L1E = math.log(1 + math.e)
@@ -92,6 +94,34 @@ def test_audio_mil_loss_degenerate() -> None:
     _assert_zero_and_backprop(audio_mil_loss(x, torch.ones(2, 4), torch.zeros(2, 3, dtype=torch.bool)), x)
     y = _leaf(torch.zeros(0, 3, 4))
     _assert_zero_and_backprop(audio_mil_loss(y, torch.ones(0, 4), torch.zeros(0, 3, dtype=torch.bool)), y)
+
+
+def test_teacher_second_targets_hand_values() -> None:
+    # one clip, 3 seconds (the last invalid), classes [a, b, c]; labels {a, b}
+    probs = torch.tensor([[[0.2, 0.5, 0.9], [0.4, 0.1, 0.8], [0.9, 0.9, 0.9]]])
+    labels = torch.tensor([[1, 1, 0]])
+    valid = torch.tensor([[True, True, False]])
+    q = teacher_second_targets(probs, labels, valid)
+    # a: peak 0.4 over the valid seconds -> [0.5, 1, 0]; b: peak 0.5 -> [1, 0.2, 0]; c: not labelled -> 0
+    expected = torch.tensor([[[0.5, 1.0, 0.0], [1.0, 0.2, 0.0], [0.0, 0.0, 0.0]]])
+    assert torch.allclose(q, expected)
+
+
+def test_teacher_second_targets_silent_class_and_clip() -> None:
+    # a labelled class the teacher never hears, and a clip without valid seconds: zeros, never NaN
+    q = teacher_second_targets(torch.zeros(2, 2, 1), torch.ones(2, 1), torch.tensor([[True, True], [False, False]]))
+    assert torch.equal(q, torch.zeros(2, 2, 1))
+
+
+def test_second_bce_loss_hand_values() -> None:
+    frame = torch.tensor([[[0.0, math.log(3)], [99.0, -99.0]]])
+    targets = torch.tensor([[[1.0, 0.25], [0.0, 0.0]]])
+    valid = torch.tensor([[True, False]])
+    # second 0 only: class 0 softplus(-0) = log 2; class 1 (x = ln 3, y = 1/4): softplus(x) - y x = ln 4 - ln(3) / 4
+    expected = (math.log(2) + math.log(4) - math.log(3) / 4) / 2
+    assert float(second_bce_loss(frame, targets, valid)) == pytest.approx(expected, rel=1e-6)
+    x = _leaf(torch.randn(1, 2, 2))
+    _assert_zero_and_backprop(second_bce_loss(x, targets, torch.zeros(1, 2, dtype=torch.bool)), x)
 
 
 # ---------------------------------------------------------------- CMC (eq. 1)

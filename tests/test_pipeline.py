@@ -42,6 +42,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tiny_audio = ["--set", "audio.embed_dim=32", "--set", "audio.depth=1", "--set", "audio.num_heads=2"]
     pcas("train-tvp", *r, *tiny_audio, *TINY_OPTIM)
     pcas("train-tvp", *r, "--no-tvp", *tiny_audio, *TINY_OPTIM)
+    pcas("train-tvp", *r, "--no-tvp", *tiny_audio, *TINY_OPTIM, "--name", "ast-st", "--set", "teacher=ast")
     pcas("align", *r, *TINY_OPTIM)
     pcas("refine", *r, *TINY_OPTIM, "--set", "cmcc_params.crop_size=16")
     quick = ["--run", str(run), "--device", "cpu", "--set", "scales=[1.0]"]
@@ -299,6 +300,31 @@ def test_same_seed_same_weights(run_dir: Path, tmp_path: Path) -> None:
     pcas("train-visual", "--run", str(run2), "--epochs", "1", "--device", "cpu", *TINY_VISUAL, *TINY_OPTIM)
     first = load_checkpoint(run_dir / "ckpt/visual.pt")["artifact_id"]
     assert load_checkpoint(run2 / "ckpt/visual.pt")["artifact_id"] == first
+
+
+def test_self_trained_listener_learns_from_its_teacher(run_dir: Path, tmp_path: Path) -> None:
+    """A listener self-trained from ast.pt records the teacher, trains MIL + per-second terms, starts from the
+    teacher's weights, and refuses a teacher it cannot start from."""
+    from pcas_cli.training.checkpoint import load_checkpoint
+
+    ast, student = load_checkpoint(run_dir / "ckpt/ast.pt"), load_checkpoint(run_dir / "ckpt/ast-st.pt")
+    assert student["provenance"]["inputs"]["ckpt/ast.pt"] == ast["artifact_id"]
+    rows = [json.loads(line) for line in (run_dir / "ckpt/ast-st.log.jsonl").read_text().splitlines()]
+    assert set([row for row in rows if row["kind"] == "epoch"][-1]["train"]) == {"mil", "second", "loss"}
+    assert (run_dir / "metrics/audio-ast-st.json").exists()
+    run2 = tmp_path / "run"
+    shutil.copytree(run_dir, run2)
+    tiny_audio = ["--set", "audio.embed_dim=32", "--set", "audio.depth=1", "--set", "audio.num_heads=2"]
+    r = ["train-tvp", "--run", str(run2), "--epochs", "1", "--device", "cpu", *tiny_audio, *TINY_OPTIM]
+    pcas(*r, "--no-tvp", "--name", "frozen", "--set", "teacher=ast", "--set", "optim.lr=1e-12")
+    frozen = load_checkpoint(run2 / "ckpt/frozen.pt")["model"]  # (almost) no step away from where it started
+    assert frozen.keys() == ast["model"].keys()
+    assert all(torch.allclose(frozen[k].float(), ast["model"][k].float(), rtol=0.0, atol=1e-8) for k in frozen)
+    for args, message in (((*r, "--no-tvp", "--set", "teacher=ast"), "cannot teach itself"),
+                          ((*r, "--no-tvp", "--name", "x", "--set", "teacher=tvp"), "architecture differs"),
+                          ((*r, "--no-tvp", "--name", "x", "--set", "teacher=nope"), "no such teacher")):
+        with pytest.raises(PcasError, match=message):
+            pcas(*args)
 
 
 def test_table4_control_trains_the_classifier_alone(run_dir: Path, tmp_path: Path) -> None:

@@ -5,6 +5,10 @@ token sequence beside second t's audio tokens. The audio encoder is trained from
 multiple-instance loss (losses.audio_mil_loss): a labelled class must sound in some second, an absent one in none.
 With `tvp = false` the same encoder runs without prompts (paper Table 3, "AST").
 
+Self-training (beyond the paper, `teacher = "<listener>"`): a trained listener's per-second probabilities on train,
+kept only for each clip's labelled classes (losses.teacher_second_targets), become per-second targets beside the MIL
+loss, and the student starts from the teacher's weights. Video labels and the teacher's predictions only: no masks.
+
 Validation (and the Table 3 numbers) scores the per-second predictions against the per-frame sounding classes read
 from the val masks: scoring only, never training.
 """
@@ -22,13 +26,15 @@ from torch import Tensor, nn
 from pcas_cli.artifacts import ArtifactReader
 from pcas_cli.config import to_dict
 from pcas_cli.console import CONSOLE
-from pcas_cli.losses import audio_mil_loss
+from pcas_cli.errors import PcasError
+from pcas_cli.losses import audio_mil_loss, second_bce_loss, teacher_second_targets
 from pcas_cli.metrics_cls import exact_set_accuracy, mean_average_precision
 from pcas_cli.provenance import make_provenance
 from pcas_cli.seed import seed_everything
 from pcas_cli.stages._common import (AudioModelConfig, audio_from_checkpoint, build_audio, check_fresh, feature_key,
-                                     features_path, frame_classes_from_masks, frames_to_tensor, open_features,
-                                     resolve_device, run_paths, stage_config, visual_from_checkpoint, visual_prompts)
+                                     features_path, frame_classes_from_masks, frames_to_tensor, listen, load_state,
+                                     load_weights, open_features, resolve_device, run_paths, stage_config,
+                                     visual_from_checkpoint, visual_prompts)
 from pcas_cli.training.data import AugmentConfig, ClipDataset
 from pcas_cli.training.loop import OptimConfig, TrainTask, fit
 from pcas_cli.writing import write_json
@@ -45,6 +51,8 @@ class TrainTVPConfig:
                                                                    epochs=40, warmup_epochs=2, batch_size=16,
                                                                    clip_grad_norm=1.0))  # optimisation
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(time_mask=20, freq_mask=24))
+    teacher: str = ""  # self-training: a trained listener in ckpt/ (e.g. "ast") teaching per-second targets; "" = MIL only
+    teacher_weight: float = 1.0  # weight of the per-second term (the MIL loss has weight 1)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     resume: bool = False  # continue an interrupted run
 
@@ -76,11 +84,13 @@ def prompt_cache(features: ArtifactReader, visual: nn.Module, device: torch.devi
 class TVPTask(TrainTask):
     select_metric = "map"
 
-    def __init__(self, cfg: TrainTVPConfig, spec: dict[str, Any], prompts: Tensor | None, val: "ListenerEval") -> None:
+    def __init__(self, cfg: TrainTVPConfig, spec: dict[str, Any], prompts: Tensor | None, val: "ListenerEval",
+                 teacher_probs: Tensor | None = None) -> None:
         self.cfg = cfg
         self.model = Listener(build_audio(spec))
         self.prompts = prompts
         self.val = val
+        self.teacher_probs = teacher_probs  # (N, T, C) on train, or None (MIL only)
 
     def train_dataset(self) -> ClipDataset:
         return ClipDataset(features_path(self.cfg.run, "train"), fields=("fbank", "labels", "frame_valid"),
@@ -91,7 +101,12 @@ class TVPTask(TrainTask):
         if self.prompts is not None:
             prompts = self.prompts[batch["index"].cpu()].to(batch["fbank"].device)
         out = model(batch["fbank"], prompts, batch["frame_valid"])
-        return {"mil": audio_mil_loss(out.logits, batch["labels"], batch["frame_valid"], self.cfg.mil_sharpness)}
+        terms = {"mil": audio_mil_loss(out.logits, batch["labels"], batch["frame_valid"], self.cfg.mil_sharpness)}
+        if self.teacher_probs is not None:
+            taught = self.teacher_probs[batch["index"].cpu()].to(out.logits.device)  # (B, T, C)
+            targets = teacher_second_targets(taught, batch["labels"], batch["frame_valid"])
+            terms["second"] = self.cfg.teacher_weight * second_bce_loss(out.logits, targets, batch["frame_valid"])
+        return terms
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         return self.val.score(model.audio)
@@ -143,14 +158,35 @@ def run(cfg: TrainTVPConfig) -> Path:
     prov = make_provenance("train-tvp", stage_config(cfg), cfg.optim.seed,
                            {**inputs, "ckpt/visual.pt": vck["artifact_id"]})
     prov.update(model_spec=spec, visual_checkpoint=str(visual_path))
+    teacher_probs, teacher_state = None, None
+    if cfg.teacher:
+        teacher_probs, teacher_state, teacher_ids = teach(cfg, ckpt_dir, train, spec, inputs, device)
+        prov["inputs"].update(teacher_ids)
     train_prompts = val_prompts = None
     if cfg.tvp:
         train_prompts = prompt_cache(train, bundle.visual, device)
         val_prompts = prompt_cache(val, bundle.visual, device)
-    task = TVPTask(cfg, spec, train_prompts, ListenerEval(val, val_prompts, device))
+    task = TVPTask(cfg, spec, train_prompts, ListenerEval(val, val_prompts, device), teacher_probs)
+    if teacher_state is not None:
+        load_state(task.model, teacher_state, "", ckpt_dir / f"{cfg.teacher}.pt")
     result = fit(task, cfg.optim, ckpt_dir, cfg.stem, prov, resume=cfg.resume, device=cfg.device)
     write_listener_metrics(cfg, result.best_path, task, device)
     return result.best_path
+
+
+def teach(cfg: TrainTVPConfig, ckpt_dir: Path, train: ArtifactReader, spec: dict[str, Any], inputs: dict[str, str],
+          device: torch.device) -> tuple[Tensor, dict[str, Tensor], dict[str, str]]:
+    """The teacher's per-second probabilities on train (N, T, C), its weights (the student's start) and its id."""
+    path = ckpt_dir / f"{cfg.teacher}.pt"
+    if cfg.teacher == cfg.stem:
+        raise PcasError(f"{path}: a listener cannot teach itself; give the student another name (--name)")
+    if not path.is_file():
+        raise PcasError(f"{path}: no such teacher listener; train it first (pcas train-tvp --name {cfg.teacher})")
+    cache, ids = listen(ckpt_dir, (cfg.teacher,), train, device, "train", fresh_against=inputs)
+    teacher = load_weights(path, "train-tvp")
+    if teacher["provenance"]["model_spec"] != spec:
+        raise PcasError(f"{path}: the teacher's architecture differs from this listener's (tvp and [audio] must match)")
+    return cache.probs, teacher["model"], ids
 
 
 def write_listener_metrics(cfg: TrainTVPConfig, best: Path, task: TVPTask, device: torch.device) -> None:
