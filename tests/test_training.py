@@ -15,7 +15,7 @@ from pcas_cli.artifacts import ArtifactWriter
 from pcas_cli.errors import PcasError
 from pcas_cli.training import (AugmentConfig, ClipDataset, FrameDataset, OptimConfig, TrainTask, fit, load_checkpoint,
                                lr_at, save_checkpoint, weights_fingerprint)
-from pcas_cli.training.data import colour_augment, crop_box, crop_flip, spec_augment
+from pcas_cli.training.data import colour_augment, crop_box, crop_flip, mel_warp, spec_augment
 
 PROV = {"stage": "toy", "config": {"width": 16}, "seed": 0, "inputs": {"features/train.h5": "abc"}}
 
@@ -424,6 +424,20 @@ def test_spec_augment_masks_contiguous_bands():
     freq = spec_augment(fbank, AugmentConfig(freq_mask=4), torch.Generator().manual_seed(2))
     assert ((freq == 0).sum(dim=1) % 10 == 0).all() and (freq == 0).any()
     assert spec_augment(fbank, AugmentConfig()) is fbank  # off by default
+
+
+def test_mel_warp_hand_values():
+    row = torch.tensor([[0.0, 10.0, 20.0, 30.0, 40.0]])  # one frame, 5 mel bins
+    assert torch.equal(mel_warp(row, 1.0), row)
+    # factor 2: bin m reads position m / 2 -> 0, 0.5, 1, 1.5, 2
+    assert torch.allclose(mel_warp(row, 2.0), torch.tensor([[0.0, 5.0, 10.0, 15.0, 20.0]]))
+    # factor 0.8: positions 0, 1.25, 2.5, 3.75, 5 -> clamped to the top bin (4)
+    assert torch.allclose(mel_warp(row, 0.8), torch.tensor([[0.0, 12.5, 25.0, 37.5, 40.0]]))
+    fbank = torch.arange(2 * 3 * 5, dtype=torch.float32).reshape(2, 3, 5)
+    draws = torch.rand(2, generator=torch.Generator().manual_seed(3))
+    got = spec_augment(fbank, AugmentConfig(freq_warp=0.1), torch.Generator().manual_seed(3))
+    for t, u in enumerate(draws.tolist()):  # one factor per second, drawn in [0.9, 1.1]
+        assert torch.allclose(got[t], mel_warp(fbank[t], 1.0 + 0.1 * (2.0 * u - 1.0)))
 
 
 @pytest.mark.gpu

@@ -47,6 +47,7 @@ class AugmentConfig:
     time_masks: int = 1  # time masks per second of audio
     freq_mask: int = 0  # SpecAugment: widest frequency mask, in mel bins (0 = off)
     freq_masks: int = 1  # frequency masks per second of audio
+    freq_warp: float = 0.0  # per second, stretch the mel axis by a factor in [1 - w, 1 + w] (0 = off; see mel_warp)
 
     @property
     def visual(self) -> bool:
@@ -58,7 +59,8 @@ class AugmentConfig:
 
     @property
     def audio(self) -> bool:
-        return (self.time_mask > 0 and self.time_masks > 0) or (self.freq_mask > 0 and self.freq_masks > 0)
+        return ((self.time_mask > 0 and self.time_masks > 0) or (self.freq_mask > 0 and self.freq_masks > 0)
+                or self.freq_warp > 0.0)
 
 
 def _rand(generator: torch.Generator | None) -> float:
@@ -148,8 +150,24 @@ def augment_images(images: torch.Tensor, cfg: AugmentConfig, masks: torch.Tensor
     return colour_augment(images, cfg, generator), masks
 
 
+def mel_warp(fbank: torch.Tensor, factor: float) -> torch.Tensor:
+    """Stretch the mel axis by `factor`: bin m takes the value at m / factor (linear interpolation; beyond the top
+    bin, the top bin). A cheap stand-in for vocal-tract-length perturbation (Jaitly & Hinton, 2013): speakers differ
+    mostly in where their formants sit, so a listener trained on few speakers sees more of them.
+
+    Args:
+        fbank: (F, M) one second of log-mel.
+    """
+    m_len = fbank.shape[-1]
+    src = (torch.arange(m_len, dtype=torch.float32) / factor).clamp(max=m_len - 1)  # (M,) source positions
+    lo = src.floor().long()
+    hi = (lo + 1).clamp(max=m_len - 1)
+    frac = (src - lo.float()).to(fbank.dtype)
+    return fbank[..., lo] * (1.0 - frac) + fbank[..., hi] * frac
+
+
 def spec_augment(fbank: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
-    """SpecAugment time and frequency masking, drawn independently for each second.
+    """SpecAugment time and frequency masking, drawn independently for each second (after a mel-axis warp, when on).
 
     Masked cells are set to 0, which in AST-normalised fbank is the dataset mean (method-facts: AST normalisation),
     so masking removes information without adding an out-of-distribution value.
@@ -162,6 +180,8 @@ def spec_augment(fbank: torch.Tensor, cfg: AugmentConfig, generator: torch.Gener
     out = fbank.clone()
     t_len, f_len, m_len = out.shape
     for t in range(t_len):
+        if cfg.freq_warp > 0.0:
+            out[t] = mel_warp(out[t], 1.0 + cfg.freq_warp * (2.0 * _rand(generator) - 1.0))
         for _ in range(cfg.time_masks if cfg.time_mask > 0 else 0):
             width = _randint(0, min(cfg.time_mask, f_len), generator)
             start = _randint(0, f_len - width, generator)
