@@ -320,7 +320,14 @@ def test_self_trained_listener_learns_from_its_teacher(run_dir: Path, tmp_path: 
     frozen = load_checkpoint(run2 / "ckpt/frozen.pt")["model"]  # (almost) no step away from where it started
     assert frozen.keys() == ast["model"].keys()
     assert all(torch.allclose(frozen[k].float(), ast["model"][k].float(), rtol=0.0, atol=1e-8) for k in frozen)
+    pcas(*r, "--no-tvp", "--name", "st", "--set", "self_train_epochs=1")  # both steps in one stage
+    mil, taught = load_checkpoint(run2 / "ckpt/st-mil.pt"), load_checkpoint(run2 / "ckpt/st.pt")
+    assert taught["provenance"]["inputs"]["ckpt/st-mil.pt"] == mil["artifact_id"]
+    assert taught["provenance"]["config"]["teacher"] == "st-mil"
+    assert (run2 / "metrics/audio-st-mil.json").exists() and (run2 / "metrics/audio-st.json").exists()
     for args, message in (((*r, "--no-tvp", "--set", "teacher=ast"), "cannot teach itself"),
+                          ((*r, "--no-tvp", "--name", "x", "--set", "teacher=ast", "--set", "self_train_epochs=1"),
+                           "not both"),
                           ((*r, "--no-tvp", "--name", "x", "--set", "teacher=tvp"), "architecture differs"),
                           ((*r, "--no-tvp", "--name", "x", "--set", "teacher=nope"), "no such teacher")):
         with pytest.raises(PcasError, match=message):

@@ -8,6 +8,7 @@ With `tvp = false` the same encoder runs without prompts (paper Table 3, "AST").
 Self-training (beyond the paper, `teacher = "<listener>"`): a trained listener's per-second probabilities on train,
 kept only for each clip's labelled classes (losses.teacher_second_targets), become per-second targets beside the MIL
 loss, and the student starts from the teacher's weights. Video labels and the teacher's predictions only: no masks.
+`self_train_epochs = N` does both in one stage: the MIL listener as `<stem>-mil`, then `<stem>` taught by it.
 
 Validation (and the Table 3 numbers) scores the per-second predictions against the per-frame sounding classes read
 from the val masks: scoring only, never training.
@@ -15,7 +16,7 @@ from the val masks: scoring only, never training.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ class TrainTVPConfig:
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(time_mask=20, freq_mask=24))
     teacher: str = ""  # self-training: a trained listener in ckpt/ (e.g. "ast") teaching per-second targets; "" = MIL only
     teacher_weight: float = 1.0  # weight of the per-second term (the MIL loss has weight 1)
+    self_train_epochs: int = 0  # > 0: train <stem>-mil.pt (MIL, optim.epochs), then <stem>.pt taught by it this long
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     resume: bool = False  # continue an interrupted run
 
@@ -145,6 +147,8 @@ class ListenerEval:
 
 
 def run(cfg: TrainTVPConfig) -> Path:
+    if cfg.self_train_epochs > 0:
+        cfg = train_teacher(cfg)
     seed_everything(cfg.optim.seed)  # before building the model: same seed, same initial weights
     device = resolve_device(cfg.device)
     ckpt_dir = run_paths(cfg.run)["ckpt"]
@@ -172,6 +176,17 @@ def run(cfg: TrainTVPConfig) -> Path:
     result = fit(task, cfg.optim, ckpt_dir, cfg.stem, prov, resume=cfg.resume, device=cfg.device)
     write_listener_metrics(cfg, result.best_path, task, device)
     return result.best_path
+
+
+def train_teacher(cfg: TrainTVPConfig) -> TrainTVPConfig:
+    """Self-training in one stage: train the MIL listener `<stem>-mil` with cfg's schedule, and return the config of
+    its student `<stem>` (teacher `<stem>-mil`, `self_train_epochs` epochs; the rest of the schedule unchanged)."""
+    if cfg.teacher:
+        raise PcasError(f"train-tvp: set either teacher ({cfg.teacher!r}) or self_train_epochs "
+                        f"({cfg.self_train_epochs}), not both")
+    mil = replace(cfg, name=f"{cfg.stem}-mil", self_train_epochs=0)
+    run(mil)
+    return replace(cfg, teacher=mil.stem, self_train_epochs=0, optim=replace(cfg.optim, epochs=cfg.self_train_epochs))
 
 
 def teach(cfg: TrainTVPConfig, ckpt_dir: Path, train: ArtifactReader, spec: dict[str, Any], inputs: dict[str, str],
