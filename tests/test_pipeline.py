@@ -320,15 +320,18 @@ def test_self_trained_listener_learns_from_its_teacher(run_dir: Path, tmp_path: 
     frozen = load_checkpoint(run2 / "ckpt/frozen.pt")["model"]  # (almost) no step away from where it started
     assert frozen.keys() == ast["model"].keys()
     assert all(torch.allclose(frozen[k].float(), ast["model"][k].float(), rtol=0.0, atol=1e-8) for k in frozen)
-    pcas(*r, "--no-tvp", "--name", "st", "--set", "self_train_epochs=1")  # both steps in one stage
-    mil, taught = load_checkpoint(run2 / "ckpt/st-mil.pt"), load_checkpoint(run2 / "ckpt/st.pt")
-    assert taught["provenance"]["inputs"]["ckpt/st-mil.pt"] == mil["artifact_id"]
-    assert taught["provenance"]["config"]["teacher"] == "st-mil"
-    assert (run2 / "metrics/audio-st-mil.json").exists() and (run2 / "metrics/audio-st.json").exists()
+    pcas(*r, "--no-tvp", "--name", "st", "--set", "self_train_epochs=1", "--set", "self_train_rounds=2")  # one stage
+    chain = [load_checkpoint(run2 / f"ckpt/{stem}.pt") for stem in ("st-mil", "st-st1", "st")]
+    for (teacher, t), (stem, s) in zip(zip(("st-mil", "st-st1"), chain), zip(("st-st1", "st"), chain[1:])):
+        assert s["provenance"]["inputs"][f"ckpt/{teacher}.pt"] == t["artifact_id"], stem
+        assert s["provenance"]["config"]["teacher"] == teacher, stem
+        assert (run2 / f"metrics/audio-{stem}.json").exists()
     for args, message in (((*r, "--no-tvp", "--set", "teacher=ast"), "cannot teach itself"),
                           ((*r, "--no-tvp", "--name", "x", "--set", "teacher=ast", "--set", "self_train_epochs=1"),
                            "not both"),
                           ((*r, "--no-tvp", "--name", "x", "--set", "teacher=tvp"), "architecture differs"),
+                          ((*r, "--no-tvp", "--name", "x", "--set", "self_train_epochs=1", "--set",
+                            "self_train_rounds=0"), "at least 1"),
                           ((*r, "--no-tvp", "--name", "x", "--set", "teacher=nope"), "no such teacher")):
         with pytest.raises(PcasError, match=message):
             pcas(*args)

@@ -29,8 +29,10 @@ def test_tables_and_readme_block(tmp_path: Path, monkeypatch) -> None:
     (runs / "x-avss/ckpt/supervised.log.jsonl").write_text("".join(
         json.dumps({"kind": kind, "epoch": e, "val": {"miou": v}}) + "\n" for kind, e, v in records) + '{"kind": "ep')
     (runs / "x-avss/metrics/audio-tvp.json").write_text(json.dumps({"map": 0.8, "exact_acc": 0.5, "frames": 10}))
-    # a self-trained TVP listener's MIL teacher gets its own row; the AST had none, so no "AST, MIL only" row
+    # a self-trained TVP listener's MIL teacher and round-1 student get their own rows; the AST had none, so no
+    # "AST, MIL only" row
     (runs / "x-avss/metrics/audio-tvp-mil.json").write_text(json.dumps({"map": 0.6, "exact_acc": 0.2, "frames": 10}))
+    (runs / "x-avss/metrics/audio-tvp-st1.json").write_text(json.dumps({"map": 0.7, "exact_acc": 0.3, "frames": 10}))
     (runs / "x-s4/metrics/listeners.json").write_text(json.dumps({"val": {"map": 0.9, "exact_set": 0.7,
                                                                            "frames": 10}}))
     # the CRF artifact records which kernel val chose (pcas crf --choose-on-val)
@@ -64,8 +66,10 @@ def test_tables_and_readme_block(tmp_path: Path, monkeypatch) -> None:
     assert "Upper bound: 3 epochs, val mIoU x100 over the last 3: 20.00 / 30.00 / 32.00 (best epoch 3). " \
         "**Still rising" in text
     assert "| AST + TVP | – | – | – | – | 0.800 | 0.500 |" in text
-    assert "| AST + TVP, MIL only (teacher of the self-trained AST + TVP) | – | – | – | – | 0.600 | 0.200 |" in text
-    assert "AST, MIL only" not in text
+    for row in ("AST + TVP, MIL only (first teacher of the self-trained AST + TVP) | – | – | – | – | 0.600 | 0.200",
+                "AST + TVP, self-trained round 1 (teacher of the next) | – | – | – | – | 0.700 | 0.300"):
+        assert f"| {row} |" in text
+    assert "AST, MIL only" not in text and "AST, self-trained round 1" not in text
     assert "| AST + TVP, confirmed by AST (geometric mean; what PCAS uses) | 0.900 | 0.700 | – | – | – | – |" \
         in text
     assert "| x-avss | `refine --no-cmc` | 12.5 | 900 |" in text

@@ -8,7 +8,8 @@ With `tvp = false` the same encoder runs without prompts (paper Table 3, "AST").
 Self-training (beyond the paper, `teacher = "<listener>"`): a trained listener's per-second probabilities on train,
 kept only for each clip's labelled classes (losses.teacher_second_targets), become per-second targets beside the MIL
 loss, and the student starts from the teacher's weights. Video labels and the teacher's predictions only: no masks.
-`self_train_epochs = N` does both in one stage: the MIL listener as `<stem>-mil`, then `<stem>` taught by it.
+`self_train_epochs = N` does both in one stage: the MIL listener as `<stem>-mil`, then `<stem>` taught by it;
+with `self_train_rounds = R > 1` each student teaches the next (`<stem>-st1` .. `<stem>-st<R-1>`, then `<stem>`).
 
 Validation (and the Table 3 numbers) scores the per-second predictions against the per-frame sounding classes read
 from the val masks: scoring only, never training.
@@ -52,9 +53,10 @@ class TrainTVPConfig:
                                                                    epochs=40, warmup_epochs=2, batch_size=16,
                                                                    clip_grad_norm=1.0))  # optimisation
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(time_mask=20, freq_mask=24))
-    teacher: str = ""  # self-training: a trained listener in ckpt/ (e.g. "ast") teaching per-second targets; "" = MIL only
+    teacher: str = ""  # self-training: a trained listener in ckpt/ (e.g. "ast") teaching per-second targets ("": MIL)
     teacher_weight: float = 1.0  # weight of the per-second term (the MIL loss has weight 1)
     self_train_epochs: int = 0  # > 0: train <stem>-mil.pt (MIL, optim.epochs), then <stem>.pt taught by it this long
+    self_train_rounds: int = 1  # with self_train_epochs: students in a chain, each taught by the one before
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     resume: bool = False  # continue an interrupted run
 
@@ -148,7 +150,7 @@ class ListenerEval:
 
 def run(cfg: TrainTVPConfig) -> Path:
     if cfg.self_train_epochs > 0:
-        cfg = train_teacher(cfg)
+        cfg = train_teachers(cfg)
     seed_everything(cfg.optim.seed)  # before building the model: same seed, same initial weights
     device = resolve_device(cfg.device)
     ckpt_dir = run_paths(cfg.run)["ckpt"]
@@ -178,15 +180,23 @@ def run(cfg: TrainTVPConfig) -> Path:
     return result.best_path
 
 
-def train_teacher(cfg: TrainTVPConfig) -> TrainTVPConfig:
-    """Self-training in one stage: train the MIL listener `<stem>-mil` with cfg's schedule, and return the config of
-    its student `<stem>` (teacher `<stem>-mil`, `self_train_epochs` epochs; the rest of the schedule unchanged)."""
+def train_teachers(cfg: TrainTVPConfig) -> TrainTVPConfig:
+    """Self-training in one stage: train the MIL listener `<stem>-mil` with cfg's schedule, then (rounds > 1) the
+    intermediate students `<stem>-st1` .., each taught by the one before for `self_train_epochs`, and return the
+    config of the last student `<stem>` (same schedule, taught by the last of them)."""
     if cfg.teacher:
         raise PcasError(f"train-tvp: set either teacher ({cfg.teacher!r}) or self_train_epochs "
                         f"({cfg.self_train_epochs}), not both")
-    mil = replace(cfg, name=f"{cfg.stem}-mil", self_train_epochs=0)
-    run(mil)
-    return replace(cfg, teacher=mil.stem, self_train_epochs=0, optim=replace(cfg.optim, epochs=cfg.self_train_epochs))
+    if cfg.self_train_rounds < 1:
+        raise PcasError(f"train-tvp: self_train_rounds must be at least 1 (got {cfg.self_train_rounds})")
+    teacher = replace(cfg, name=f"{cfg.stem}-mil", self_train_epochs=0, self_train_rounds=1)
+    run(teacher)
+    student = replace(cfg, self_train_epochs=0, self_train_rounds=1,
+                      optim=replace(cfg.optim, epochs=cfg.self_train_epochs))
+    for round_ in range(1, cfg.self_train_rounds):
+        teacher = replace(student, name=f"{cfg.stem}-st{round_}", teacher=teacher.stem)
+        run(teacher)
+    return replace(student, teacher=teacher.stem)
 
 
 def teach(cfg: TrainTVPConfig, ckpt_dir: Path, train: ArtifactReader, spec: dict[str, Any], inputs: dict[str, str],
