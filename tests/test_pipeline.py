@@ -321,10 +321,11 @@ def test_self_trained_listener_learns_from_its_teacher(run_dir: Path, tmp_path: 
     assert frozen.keys() == ast["model"].keys()
     assert all(torch.allclose(frozen[k].float(), ast["model"][k].float(), rtol=0.0, atol=1e-8) for k in frozen)
     pcas(*r, "--no-tvp", "--name", "st", "--set", "self_train_epochs=1", "--set", "self_train_rounds=2")  # one stage
-    chain = [load_checkpoint(run2 / f"ckpt/{stem}.pt") for stem in ("st-mil", "st-st1", "st")]
-    for (teacher, t), (stem, s) in zip(zip(("st-mil", "st-st1"), chain), zip(("st-st1", "st"), chain[1:])):
-        assert s["provenance"]["inputs"][f"ckpt/{teacher}.pt"] == t["artifact_id"], stem
-        assert s["provenance"]["config"]["teacher"] == teacher, stem
+    chain = ("st-mil", "st-st1", "st")  # each taught by the one before
+    ckpts = {stem: load_checkpoint(run2 / f"ckpt/{stem}.pt") for stem in chain}
+    for teacher, stem in zip(chain, chain[1:]):
+        assert ckpts[stem]["provenance"]["inputs"][f"ckpt/{teacher}.pt"] == ckpts[teacher]["artifact_id"], stem
+        assert ckpts[stem]["provenance"]["config"]["teacher"] == teacher, stem
         assert (run2 / f"metrics/audio-{stem}.json").exists()
     for args, message in (((*r, "--no-tvp", "--set", "teacher=ast"), "cannot teach itself"),
                           ((*r, "--no-tvp", "--name", "x", "--set", "teacher=ast", "--set", "self_train_epochs=1"),
