@@ -320,6 +320,9 @@ def test_self_trained_listener_learns_from_its_teacher(run_dir: Path, tmp_path: 
     frozen = load_checkpoint(run2 / "ckpt/frozen.pt")["model"]  # (almost) no step away from where it started
     assert frozen.keys() == ast["model"].keys()
     assert all(torch.allclose(frozen[k].float(), ast["model"][k].float(), rtol=0.0, atol=1e-8) for k in frozen)
+    pcas(*r, "--tvp", "--name", "tvp-st", "--set", "teacher=tvp")  # a TVP teacher hears with the student's prompts
+    tvp_student = load_checkpoint(run2 / "ckpt/tvp-st.pt")["provenance"]["inputs"]
+    assert tvp_student["ckpt/tvp.pt"] == load_checkpoint(run2 / "ckpt/tvp.pt")["artifact_id"]
     pcas(*r, "--no-tvp", "--name", "st", "--set", "self_train_epochs=1", "--set", "self_train_rounds=2")  # one stage
     chain = ("st-mil", "st-st1", "st")  # each taught by the one before
     ckpts = {stem: load_checkpoint(run2 / f"ckpt/{stem}.pt") for stem in chain}
@@ -336,6 +339,23 @@ def test_self_trained_listener_learns_from_its_teacher(run_dir: Path, tmp_path: 
                           ((*r, "--no-tvp", "--name", "x", "--set", "teacher=nope"), "no such teacher")):
         with pytest.raises(PcasError, match=message):
             pcas(*args)
+
+
+def test_teacher_probabilities_match_what_later_stages_hear(run_dir: Path) -> None:
+    """A TVP teacher's probabilities in train-tvp (cached prompts) equal `listen`'s (prompts computed per clip), the
+    path align / refine / pseudo-label hear through."""
+    from pcas_cli.stages._common import audio_from_checkpoint, listen, open_features, visual_from_checkpoint
+    from pcas_cli.stages.train_tvp import listener_probs, prompt_cache
+
+    cpu = torch.device("cpu")
+    train = open_features(run_dir, "train")
+    heard, _ = listen(run_dir / "ckpt", ("tvp",), train, cpu, "train")
+    bundle, _ = visual_from_checkpoint(run_dir / "ckpt/visual.pt", "train-visual")
+    audio, _ = audio_from_checkpoint(run_dir / "ckpt/tvp.pt")
+    probs = listener_probs(audio, train, prompt_cache(train, bundle.visual, cpu), cpu)
+    torch.testing.assert_close(probs, heard.probs, rtol=1e-5, atol=1e-6)
+    no_prompts = listener_probs(audio, train, torch.zeros_like(prompt_cache(train, bundle.visual, cpu)), cpu)
+    assert not torch.allclose(no_prompts, heard.probs, atol=1e-4)  # the prompts matter: the check can fail
 
 
 def test_table4_control_trains_the_classifier_alone(run_dir: Path, tmp_path: Path) -> None:

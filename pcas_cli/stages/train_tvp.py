@@ -34,9 +34,9 @@ from pcas_cli.metrics_cls import exact_set_accuracy, mean_average_precision
 from pcas_cli.provenance import make_provenance
 from pcas_cli.seed import seed_everything
 from pcas_cli.stages._common import (AudioModelConfig, audio_from_checkpoint, build_audio, check_fresh, feature_key,
-                                     features_path, frame_classes_from_masks, frames_to_tensor, listen, load_state,
-                                     load_weights, open_features, resolve_device, run_paths, stage_config,
-                                     visual_from_checkpoint, visual_prompts)
+                                     features_path, frame_classes_from_masks, frames_to_tensor, load_state,
+                                     open_features, resolve_device, run_paths, stage_config, visual_from_checkpoint,
+                                     visual_prompts)
 from pcas_cli.training.data import AugmentConfig, ClipDataset
 from pcas_cli.training.loop import OptimConfig, TrainTask, fit
 from pcas_cli.writing import write_json
@@ -85,6 +85,22 @@ def prompt_cache(features: ArtifactReader, visual: nn.Module, device: torch.devi
     return torch.stack(out)
 
 
+@torch.no_grad()
+def listener_probs(audio: nn.Module, features: ArtifactReader, prompts: Tensor | None,
+                   device: torch.device) -> Tensor:
+    """(N, T, C) per-second class probabilities of every clip (eval mode), prompted by the cached (N, T, Dv) prompts
+    when the listener uses TVP."""
+    audio = audio.to(device).eval()
+    probs = []
+    for i in range(len(features)):
+        clip = features.clip(i, ("fbank", "frame_valid"))
+        fbank = torch.from_numpy(clip["fbank"].astype(np.float32)).to(device)[None]
+        valid = torch.from_numpy(clip["frame_valid"]).to(device)[None]
+        prompt = None if prompts is None else prompts[i:i + 1].to(device)
+        probs.append(torch.sigmoid(audio(fbank, visual_prompt=prompt, second_valid=valid).logits[0]).cpu())
+    return torch.stack(probs)
+
+
 class TVPTask(TrainTask):
     select_metric = "map"
 
@@ -131,19 +147,10 @@ class ListenerEval:
         self.targets = np.stack(targets)  # (N, T, C): scoring only
         self.keep = np.stack(keep)  # (N, T): seconds with a ground-truth mask
 
-    @torch.no_grad()
     def score(self, audio: nn.Module) -> dict[str, float]:
         was_training = audio.training
-        audio.eval()
-        probs = []
-        for i in range(len(self.features)):
-            clip = self.features.clip(i, ("fbank", "frame_valid"))
-            fbank = torch.from_numpy(clip["fbank"].astype(np.float32)).to(self.device)[None]
-            valid = torch.from_numpy(clip["frame_valid"]).to(self.device)[None]
-            prompts = None if self.prompts is None else self.prompts[i:i + 1].to(self.device)
-            probs.append(torch.sigmoid(audio(fbank, visual_prompt=prompts, second_valid=valid).logits[0]).cpu())
+        p = listener_probs(audio, self.features, self.prompts, self.device).numpy()[self.keep]  # (frames, C)
         audio.train(was_training)
-        p = torch.stack(probs).numpy()[self.keep]  # (frames, C)
         y = self.targets[self.keep]
         return {"map": mean_average_precision(p, y), "exact_acc": exact_set_accuracy(p, y), "frames": int(len(y))}
 
@@ -164,14 +171,15 @@ def run(cfg: TrainTVPConfig) -> Path:
     prov = make_provenance("train-tvp", stage_config(cfg), cfg.optim.seed,
                            {**inputs, "ckpt/visual.pt": vck["artifact_id"]})
     prov.update(model_spec=spec, visual_checkpoint=str(visual_path))
-    teacher_probs, teacher_state = None, None
-    if cfg.teacher:
-        teacher_probs, teacher_state, teacher_ids = teach(cfg, ckpt_dir, train, spec, inputs, device)
-        prov["inputs"].update(teacher_ids)
     train_prompts = val_prompts = None
     if cfg.tvp:
         train_prompts = prompt_cache(train, bundle.visual, device)
         val_prompts = prompt_cache(val, bundle.visual, device)
+    teacher_probs, teacher_state = None, None
+    if cfg.teacher:
+        teacher_probs, teacher_state, teacher_ids = teach(cfg, ckpt_dir, train, train_prompts, spec, prov["inputs"],
+                                                          device)
+        prov["inputs"].update(teacher_ids)
     task = TVPTask(cfg, spec, train_prompts, ListenerEval(val, val_prompts, device), teacher_probs)
     if teacher_state is not None:
         load_state(task.model, teacher_state, "", ckpt_dir / f"{cfg.teacher}.pt")
@@ -199,19 +207,23 @@ def train_teachers(cfg: TrainTVPConfig) -> TrainTVPConfig:
     return replace(student, teacher=teacher.stem)
 
 
-def teach(cfg: TrainTVPConfig, ckpt_dir: Path, train: ArtifactReader, spec: dict[str, Any], inputs: dict[str, str],
-          device: torch.device) -> tuple[Tensor, dict[str, Tensor], dict[str, str]]:
-    """The teacher's per-second probabilities on train (N, T, C), its weights (the student's start) and its id."""
+def teach(cfg: TrainTVPConfig, ckpt_dir: Path, train: ArtifactReader, prompts: Tensor | None, spec: dict[str, Any],
+          inputs: dict[str, str], device: torch.device) -> tuple[Tensor, dict[str, Tensor], dict[str, str]]:
+    """The teacher's per-second probabilities on train (N, T, C), its weights (the student's start) and its id.
+
+    The teacher must share the student's architecture and inputs (features and visual.pt, checked), so it hears
+    train with the student's cached TVP prompts rather than computing them again."""
     path = ckpt_dir / f"{cfg.teacher}.pt"
     if cfg.teacher == cfg.stem:
         raise PcasError(f"{path}: a listener cannot teach itself; give the student another name (--name)")
     if not path.is_file():
         raise PcasError(f"{path}: no such teacher listener; train it first (pcas train-tvp --name {cfg.teacher})")
-    cache, ids = listen(ckpt_dir, (cfg.teacher,), train, device, "train", fresh_against=inputs)
-    teacher = load_weights(path, "train-tvp")
+    audio, teacher = audio_from_checkpoint(path)
     if teacher["provenance"]["model_spec"] != spec:
         raise PcasError(f"{path}: the teacher's architecture differs from this listener's (tvp and [audio] must match)")
-    return cache.probs, teacher["model"], ids
+    check_fresh(path, teacher, inputs)
+    probs = listener_probs(audio, train, prompts, device)
+    return probs, teacher["model"], {f"ckpt/{cfg.teacher}.pt": teacher["artifact_id"]}
 
 
 def write_listener_metrics(cfg: TrainTVPConfig, best: Path, task: TVPTask, device: torch.device) -> None:
