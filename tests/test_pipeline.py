@@ -352,9 +352,9 @@ def test_teacher_probabilities_match_what_later_stages_hear(run_dir: Path) -> No
     heard, _ = listen(run_dir / "ckpt", ("tvp",), train, cpu, "train")
     bundle, _ = visual_from_checkpoint(run_dir / "ckpt/visual.pt", "train-visual")
     audio, _ = audio_from_checkpoint(run_dir / "ckpt/tvp.pt")
-    probs = listener_probs(audio, train, prompt_cache(train, bundle.visual, cpu), cpu)
-    torch.testing.assert_close(probs, heard.probs, rtol=1e-5, atol=1e-6)
-    no_prompts = listener_probs(audio, train, torch.zeros_like(prompt_cache(train, bundle.visual, cpu)), cpu)
+    prompts = prompt_cache(train, bundle.visual, cpu)
+    torch.testing.assert_close(listener_probs(audio, train, prompts, cpu), heard.probs, rtol=1e-5, atol=1e-6)
+    no_prompts = listener_probs(audio, train, torch.zeros_like(prompts), cpu)
     assert not torch.allclose(no_prompts, heard.probs, atol=1e-4)  # the prompts matter: the check can fail
 
 
