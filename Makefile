@@ -89,7 +89,8 @@ $(RUNS)/%/ckpt/visual.pt: $(FEATS) $$(call stage_cfg,$$*,train-visual)
 $(RUNS)/%/ckpt/tvp.pt: $(RUNS)/%/ckpt/visual.pt $$(call stage_cfg,$$*,train-tvp)
 	$(PCAS) train-tvp --run $(RUNS)/$* --tvp $(PRESET)
 
-$(RUNS)/%/ckpt/ast.pt: $(RUNS)/%/ckpt/visual.pt $$(call stage_cfg,$$*,train-tvp)
+# The audio-only listener never reads the Looking encoder: retraining visual.pt does not retrain it.
+$(RUNS)/%/ckpt/ast.pt: $(FEATS) $$(call stage_cfg,$$*,train-tvp)
 	$(PCAS) train-tvp --run $(RUNS)/$* --no-tvp $(PRESET)
 
 # align, refine and pseudo-label hear with tvp.pt confirmed by the audio-only ast.pt (co_listener in their configs).

@@ -208,6 +208,24 @@ def test_stale_inputs_are_refused(run_dir: Path, tmp_path: Path) -> None:
         pcas("train-tvp", "--run", str(run2), "--epochs", "1", "--device", "cpu")
 
 
+def test_audio_only_listener_does_not_depend_on_the_looking_encoder(run_dir: Path, tmp_path: Path) -> None:
+    """ast.pt never reads visual.pt, so a retrained Looking encoder leaves it fresh; tvp.pt (prompted by it) is
+    refused as stale."""
+    from pcas_cli.training.checkpoint import load_checkpoint
+
+    assert "ckpt/visual.pt" not in load_checkpoint(run_dir / "ckpt/ast.pt")["provenance"]["inputs"]
+    assert "ckpt/visual.pt" in load_checkpoint(run_dir / "ckpt/tvp.pt")["provenance"]["inputs"]
+    run2 = tmp_path / "run"
+    shutil.copytree(run_dir, run2)
+    r = ["--run", str(run2), "--epochs", "1", "--device", "cpu", *TINY_OPTIM]
+    pcas("train-visual", *r, *TINY_VISUAL, "--seed", "7")  # another Looking encoder
+    assert load_checkpoint(run2 / "ckpt/visual.pt")["artifact_id"] != load_checkpoint(
+        run_dir / "ckpt/visual.pt")["artifact_id"]
+    pcas("align", *r, "--name", "align-ast", "--set", "listener=ast", "--set", 'co_listener=""')
+    with pytest.raises(PcasError, match="tvp.pt: stale input"):
+        pcas("align", *r, "--name", "align-tvp")
+
+
 def test_train_seg_refuses_missing_wrong_or_stale_pseudo_labels(run_dir: Path, tmp_path: Path) -> None:
     from pcas_cli.training.checkpoint import load_checkpoint
 

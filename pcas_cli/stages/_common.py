@@ -164,13 +164,26 @@ def build_audio(spec: dict[str, Any]) -> nn.Module:
                         input_norm=a.get("input_norm", "none"))
 
 
+def data_spec(features: ArtifactReader) -> dict[str, Any]:
+    """Architecture facts a features artifact fixes (classes, frame size, fbank shape, clip length)."""
+    return {"num_classes": len(features.classes), "classes": list(features.classes), "img_size": features.dims["H"],
+            "n_mels": features.dims["M"], "frames_per_second": features.dims["F"], "max_seconds": features.dims["T"],
+            "task": features.task}
+
+
 def base_spec(features: ArtifactReader, visual: VisualModelConfig) -> dict[str, Any]:
     """Architecture facts every later stage needs to rebuild models (stored in each checkpoint's provenance)."""
     from pcas_cli.config import to_dict
 
-    return {"num_classes": len(features.classes), "classes": list(features.classes), "img_size": features.dims["H"],
-            "n_mels": features.dims["M"], "frames_per_second": features.dims["F"], "max_seconds": features.dims["T"],
-            "task": features.task, "visual": to_dict(visual)}
+    return {**data_spec(features), "visual": to_dict(visual)}
+
+
+def audio_architecture(spec: dict[str, Any]) -> dict[str, Any]:
+    """The part of a listener's model_spec that `build_audio` reads: two listeners with equal architectures can
+    exchange weights (a teacher and its student)."""
+    keys = ("num_classes", "n_mels", "frames_per_second", "max_seconds", "audio", "tvp") + (
+        ("visual_dim",) if spec["tvp"] else ())
+    return {k: spec[k] for k in keys}
 
 
 def load_weights(path: Path, stage: str | tuple[str, ...]) -> dict[str, Any]:
@@ -311,7 +324,10 @@ def listen(ckpt_dir: Path, names: Sequence[str], features: ArtifactReader, devic
         path = ckpt_dir / f"{name}.pt"
         audio, prompt_visual, ckpt = listener(path, device)
         if fresh_against:
-            check_fresh(path, ckpt, fresh_against)
+            # An audio-only listener never read ckpt/visual.pt (listeners made before this was so recorded it anyway)
+            current = fresh_against if prompt_visual is not None else {
+                k: v for k, v in fresh_against.items() if k != "ckpt/visual.pt"}
+            check_fresh(path, ckpt, current)
         ids[f"ckpt/{name}.pt"] = ckpt["artifact_id"]
         caches.append(build_audio_cache(features, audio, prompt_visual, device,
                                         desc=f"listening ({split}, {name})"))

@@ -33,10 +33,10 @@ from pcas_cli.losses import audio_mil_loss, second_bce_loss, teacher_second_targ
 from pcas_cli.metrics_cls import exact_set_accuracy, mean_average_precision
 from pcas_cli.provenance import make_provenance
 from pcas_cli.seed import seed_everything
-from pcas_cli.stages._common import (AudioModelConfig, audio_from_checkpoint, build_audio, check_fresh, feature_key,
-                                     features_path, frame_classes_from_masks, frames_to_tensor, load_state,
-                                     open_features, resolve_device, run_paths, stage_config, visual_from_checkpoint,
-                                     visual_prompts)
+from pcas_cli.stages._common import (AudioModelConfig, audio_architecture, audio_from_checkpoint, build_audio,
+                                     check_fresh, data_spec, feature_key, features_path, frame_classes_from_masks,
+                                     frames_to_tensor, load_state, open_features, resolve_device, run_paths,
+                                     stage_config, visual_from_checkpoint, visual_prompts)
 from pcas_cli.training.data import AugmentConfig, ClipDataset
 from pcas_cli.training.loop import OptimConfig, TrainTask, fit
 from pcas_cli.writing import write_json
@@ -44,7 +44,7 @@ from pcas_cli.writing import write_json
 
 @dataclass(frozen=True)
 class TrainTVPConfig:
-    run: Path = Path("data/runs/synth-avss")  # run folder (reads features/ and ckpt/visual.pt)
+    run: Path = Path("data/runs/synth-avss")  # run folder (reads features/, and ckpt/visual.pt with TVP)
     tvp: bool = True  # Temporal Visual Prompting; false = plain AST (Table 3 ablation)
     name: str = ""  # output stem in ckpt/ ("" = "tvp" with TVP, "ast" without)
     audio: AudioModelConfig = field(default_factory=AudioModelConfig)  # audio encoder size
@@ -162,19 +162,22 @@ def run(cfg: TrainTVPConfig) -> Path:
     device = resolve_device(cfg.device)
     ckpt_dir = run_paths(cfg.run)["ckpt"]
     train, val = open_features(cfg.run, "train"), open_features(cfg.run, "val")
-    visual_path = ckpt_dir / "visual.pt"
-    bundle, vck = visual_from_checkpoint(visual_path, "train-visual")
     inputs = {feature_key("train"): train.artifact_id, feature_key("val"): val.artifact_id}
-    check_fresh(visual_path, vck, inputs)
-    spec = {**vck["provenance"]["model_spec"], "audio": to_dict(cfg.audio), "tvp": cfg.tvp,
-            "visual_dim": bundle.visual.embed_dim}
-    prov = make_provenance("train-tvp", stage_config(cfg), cfg.optim.seed,
-                           {**inputs, "ckpt/visual.pt": vck["artifact_id"]})
-    prov.update(model_spec=spec, visual_checkpoint=str(visual_path))
+    spec = {**data_spec(train), "audio": to_dict(cfg.audio), "tvp": cfg.tvp}
     train_prompts = val_prompts = None
+    extra: dict[str, Any] = {}
     if cfg.tvp:
+        # Only TVP reads the Looking encoder: an audio-only listener does not depend on visual.pt (nor does make)
+        visual_path = ckpt_dir / "visual.pt"
+        bundle, vck = visual_from_checkpoint(visual_path, "train-visual")
+        check_fresh(visual_path, vck, inputs)
+        inputs["ckpt/visual.pt"] = vck["artifact_id"]
+        spec = {**vck["provenance"]["model_spec"], **spec, "visual_dim": bundle.visual.embed_dim}
+        extra["visual_checkpoint"] = str(visual_path)
         train_prompts = prompt_cache(train, bundle.visual, device)
         val_prompts = prompt_cache(val, bundle.visual, device)
+    prov = make_provenance("train-tvp", stage_config(cfg), cfg.optim.seed, inputs)
+    prov.update(model_spec=spec, **extra)
     teacher_probs, teacher_state = None, None
     if cfg.teacher:
         teacher_probs, teacher_state, teacher_ids = teach(cfg, ckpt_dir, train, train_prompts, spec, prov["inputs"],
@@ -211,7 +214,7 @@ def teach(cfg: TrainTVPConfig, ckpt_dir: Path, train: ArtifactReader, prompts: T
           inputs: dict[str, str], device: torch.device) -> tuple[Tensor, dict[str, Tensor], dict[str, str]]:
     """The teacher's per-second probabilities on train (N, T, C), its weights (the student's start) and its id.
 
-    The teacher must share the student's architecture and inputs (features and visual.pt, checked), so it hears
+    The teacher must share the student's architecture and inputs (features, and visual.pt with TVP; checked), so it hears
     train with the student's cached TVP prompts rather than computing them again."""
     path = ckpt_dir / f"{cfg.teacher}.pt"
     if cfg.teacher == cfg.stem:
@@ -219,7 +222,7 @@ def teach(cfg: TrainTVPConfig, ckpt_dir: Path, train: ArtifactReader, prompts: T
     if not path.is_file():
         raise PcasError(f"{path}: no such teacher listener; train it first (pcas train-tvp --name {cfg.teacher})")
     audio, teacher = audio_from_checkpoint(path)
-    if teacher["provenance"]["model_spec"] != spec:
+    if audio_architecture(teacher["provenance"]["model_spec"]) != audio_architecture(spec):
         raise PcasError(f"{path}: the teacher's architecture differs from this listener's (tvp and [audio] must match)")
     check_fresh(path, teacher, inputs)
     probs = listener_probs(audio, train, prompts, device)
