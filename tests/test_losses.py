@@ -113,6 +113,24 @@ def test_teacher_second_targets_silent_class_and_clip() -> None:
     assert torch.equal(q, torch.zeros(2, 2, 1))
 
 
+def test_mixed_clip_targets_are_the_larger_of_both_clips_hand_values() -> None:
+    from pcas_cli.stages.train_tvp import batch_teacher_targets
+
+    # three train clips, 2 seconds, classes [a, b]; the teacher's probabilities on each clip alone
+    teacher = torch.tensor([[[0.4, 0.9], [0.8, 0.1]],   # clip 0, labels {a}
+                            [[0.5, 0.2], [0.1, 0.4]],   # clip 1, labels {b}
+                            [[0.6, 0.3], [0.2, 0.3]]])  # clip 2, labels {a, b}
+    batch = {"index": torch.tensor([0, 2]), "labels": torch.tensor([[1.0, 0.0], [1.0, 1.0]]),
+             "frame_valid": torch.ones(2, 2, dtype=torch.bool),
+             "partner": torch.tensor([1, -1]), "partner_labels": torch.tensor([[0.0, 1.0], [0.0, 0.0]])}
+    q = batch_teacher_targets(teacher, batch)
+    # clip 0 mixed with clip 1: a from clip 0 ([0.5, 1]), b from clip 1 ([0.5, 1]); clip 2 alone: a [1, 1/3], b [1, 1]
+    expected = torch.tensor([[[0.5, 0.5], [1.0, 1.0]], [[1.0, 1.0], [1 / 3, 1.0]]])
+    assert torch.allclose(q, expected)
+    unmixed = {k: v for k, v in batch.items() if k not in ("partner", "partner_labels")}
+    assert torch.allclose(batch_teacher_targets(teacher, unmixed)[0], torch.tensor([[0.5, 0.0], [1.0, 0.0]]))
+
+
 def test_second_bce_loss_hand_values() -> None:
     frame = torch.tensor([[[0.0, math.log(3)], [99.0, -99.0]]])
     targets = torch.tensor([[[1.0, 0.25], [0.0, 0.0]]])

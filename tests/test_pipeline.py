@@ -339,6 +339,8 @@ def test_self_trained_listener_learns_from_its_teacher(run_dir: Path, tmp_path: 
     assert frozen.keys() == ast["model"].keys()
     assert all(torch.allclose(frozen[k].float(), ast["model"][k].float(), rtol=0.0, atol=1e-8) for k in frozen)
     pcas(*r, "--tvp", "--name", "tvp-st", "--set", "teacher=tvp")  # a TVP teacher hears with the student's prompts
+    pcas(*r, "--no-tvp", "--name", "mixed", "--set", "teacher=ast", "--set", "augment.mix=1.0")  # clip mixing
+    assert load_checkpoint(run2 / "ckpt/mixed.pt")["provenance"]["config"]["augment"]["mix"] == 1.0
     tvp_student = load_checkpoint(run2 / "ckpt/tvp-st.pt")["provenance"]["inputs"]
     assert tvp_student["ckpt/tvp.pt"] == load_checkpoint(run2 / "ckpt/tvp.pt")["artifact_id"]
     pcas(*r, "--no-tvp", "--name", "st", "--set", "self_train_epochs=1", "--set", "self_train_rounds=2")  # one stage

@@ -15,7 +15,9 @@ from pcas_cli.artifacts import ArtifactWriter
 from pcas_cli.errors import PcasError
 from pcas_cli.training import (AugmentConfig, ClipDataset, FrameDataset, OptimConfig, TrainTask, fit, load_checkpoint,
                                lr_at, save_checkpoint, weights_fingerprint)
-from pcas_cli.training.data import colour_augment, crop_box, crop_flip, mel_warp, spec_augment
+from pcas_cli.audio import AUDIOSET_MEAN, AUDIOSET_STD
+from pcas_cli.training.data import (colour_augment, crop_box, crop_flip, heard_labels, mel_warp, mix_fbank,
+                                    spec_augment)
 
 PROV = {"stage": "toy", "config": {"width": 16}, "seed": 0, "inputs": {"features/train.h5": "abc"}}
 
@@ -424,6 +426,37 @@ def test_spec_augment_masks_contiguous_bands():
     freq = spec_augment(fbank, AugmentConfig(freq_mask=4), torch.Generator().manual_seed(2))
     assert ((freq == 0).sum(dim=1) % 10 == 0).all() and (freq == 0).any()
     assert spec_augment(fbank, AugmentConfig()) is fbank  # off by default
+
+
+def test_mix_fbank_adds_powers_hand_values():
+    mean, std = -4.0, 2.0
+
+    def norm(log_power: float) -> torch.Tensor:
+        return torch.full((2, 3), (log_power - mean) / (2 * std))
+
+    one, three = norm(0.0), norm(math.log(3.0))  # powers 1 and 3
+    assert torch.allclose(mix_fbank(one, three, 0.0, mean, std), norm(math.log(4.0)))
+    assert torch.allclose(mix_fbank(one, three, -10 * math.log10(3.0), mean, std), norm(math.log(2.0)))  # 3 -> 1
+    assert torch.allclose(mix_fbank(one, three, -200.0, mean, std), one)  # far quieter: unchanged
+
+
+def test_clip_mixing_adds_a_partner_with_the_same_valid_seconds(features):
+    fields = ("fbank", "labels", "frame_valid")
+    plain = ClipDataset(features, fields=fields)
+    ds = ClipDataset(features, fields=fields, augment=AugmentConfig(mix=1.0, mix_gain_db=(0.0, 0.0)))
+    mixed = ds[0]  # clips 0 and 2 have 3 valid seconds, clip 1 has 2
+    assert mixed["partner"] == 2 and torch.equal(mixed["labels"], plain[0]["labels"])
+    assert torch.equal(mixed["partner_labels"], plain[2]["labels"])
+    assert torch.allclose(mixed["fbank"], mix_fbank(plain[0]["fbank"], plain[2]["fbank"], 0.0, AUDIOSET_MEAN,
+                                                    AUDIOSET_STD))
+    alone = ds[1]  # no other clip has its valid seconds: never mixed
+    assert alone["partner"] == -1 and not alone["partner_labels"].any()
+    assert torch.equal(alone["fbank"], plain[1]["fbank"])
+    batch = {"labels": torch.tensor([[1.0, 0.0], [0.0, 0.0]]), "partner_labels": torch.tensor([[0.0, 1.0], [0.0, 0.0]])}
+    assert heard_labels(batch).tolist() == [[1.0, 1.0], [0.0, 0.0]]
+    assert torch.equal(heard_labels({"labels": batch["labels"]}), batch["labels"])
+    with pytest.raises(PcasError, match="augment.mix"):
+        FrameDataset(features, augment=AugmentConfig(mix=0.5))
 
 
 def test_mel_warp_hand_values():

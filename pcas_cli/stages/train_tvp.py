@@ -37,7 +37,7 @@ from pcas_cli.stages._common import (AudioModelConfig, audio_architecture, audio
                                      check_fresh, data_spec, feature_key, features_path, frame_classes_from_masks,
                                      frames_to_tensor, load_state, open_features, resolve_device, run_paths,
                                      stage_config, visual_from_checkpoint, visual_prompts)
-from pcas_cli.training.data import AugmentConfig, ClipDataset
+from pcas_cli.training.data import AugmentConfig, ClipDataset, heard_labels
 from pcas_cli.training.loop import OptimConfig, TrainTask, fit
 from pcas_cli.writing import write_json
 
@@ -101,6 +101,25 @@ def listener_probs(audio: nn.Module, features: ArtifactReader, prompts: Tensor |
     return torch.stack(probs)
 
 
+def batch_teacher_targets(teacher_probs: Tensor, batch: dict[str, Any]) -> Tensor:
+    """(B, T, C) per-second targets of a train batch from the teacher's (N, T, C) probabilities on train.
+
+    Each clip's targets come from what the teacher heard in it, within its own video labels
+    (losses.teacher_second_targets). A clip mixed with a partner (augment.mix) holds both clips' sounds, so its
+    targets are the larger of the two clips' targets, second by second (both have the same valid seconds)."""
+    valid = batch["frame_valid"]
+
+    def targets(index: Tensor, labels: Tensor) -> Tensor:
+        return teacher_second_targets(teacher_probs[index.cpu()].to(labels.device), labels, valid)
+
+    own = targets(batch["index"], batch["labels"])
+    if "partner" not in batch:
+        return own
+    partner = batch["partner"].cpu()
+    mixed = (partner >= 0).to(own.device)[:, None, None]
+    return torch.where(mixed, torch.maximum(own, targets(partner.clamp_min(0), batch["partner_labels"])), own)
+
+
 class TVPTask(TrainTask):
     select_metric = "map"
 
@@ -121,11 +140,11 @@ class TVPTask(TrainTask):
         if self.prompts is not None:
             prompts = self.prompts[batch["index"].cpu()].to(batch["fbank"].device)
         out = model(batch["fbank"], prompts, batch["frame_valid"])
-        terms = {"mil": audio_mil_loss(out.logits, batch["labels"], batch["frame_valid"], self.cfg.mil_sharpness)}
+        valid = batch["frame_valid"]
+        terms = {"mil": audio_mil_loss(out.logits, heard_labels(batch), valid, self.cfg.mil_sharpness)}
         if self.teacher_probs is not None:
-            taught = self.teacher_probs[batch["index"].cpu()].to(out.logits.device)  # (B, T, C)
-            targets = teacher_second_targets(taught, batch["labels"], batch["frame_valid"])
-            terms["second"] = self.cfg.teacher_weight * second_bce_loss(out.logits, targets, batch["frame_valid"])
+            targets = batch_teacher_targets(self.teacher_probs, batch)
+            terms["second"] = self.cfg.teacher_weight * second_bce_loss(out.logits, targets, valid)
         return terms
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:

@@ -16,7 +16,7 @@ process and per DataLoader worker, so augmentations repeat exactly for a given s
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import torchvision.transforms.v2.functional as TF
 from torch.utils.data import Dataset
 
 from pcas_cli.artifacts import FEATURES, read_features, read_predictions
+from pcas_cli.audio import FbankParams
 from pcas_cli.errors import PcasError
 
 WEAK_FIELDS = ("clip_id", "subset", "frames", "fbank", "labels", "frame_valid")
@@ -48,6 +49,8 @@ class AugmentConfig:
     freq_mask: int = 0  # SpecAugment: widest frequency mask, in mel bins (0 = off)
     freq_masks: int = 1  # frequency masks per second of audio
     freq_warp: float = 0.0  # per second, stretch the mel axis by a factor in [1 - w, 1 + w] (0 = off; see mel_warp)
+    mix: float = 0.0  # ClipDataset: chance of adding another train clip's audio to the clip's (see mix_fbank)
+    mix_gain_db: tuple[float, float] = (-6.0, 0.0)  # range of the added clip's level relative to the clip's, dB
 
     @property
     def visual(self) -> bool:
@@ -166,6 +169,22 @@ def mel_warp(fbank: torch.Tensor, factor: float) -> torch.Tensor:
     return fbank[..., lo] * (1.0 - frac) + fbank[..., hi] * frac
 
 
+def mix_fbank(fbank: torch.Tensor, other: torch.Tensor, gain_db: float, norm_mean: float,
+              norm_std: float) -> torch.Tensor:
+    """The fbank of the sum of two recordings, `other` scaled by `gain_db`, from their AST-normalised fbanks.
+
+    Log-mel energies add in the power domain: log(e^a + g e^b) (exact when the two signals are uncorrelated in each
+    mel band, as two independent recordings are on average). Undoes the normalisation x = (fb - mean) / (2 std)
+    first and applies it again after.
+
+    Args:
+        fbank, other: (..., F, M) AST-normalised log-mel of the same shape.
+    """
+    scale = 2.0 * norm_std
+    a, b = fbank * scale + norm_mean, other * scale + norm_mean
+    return (torch.logaddexp(a, b + gain_db * math.log(10.0) / 10.0) - norm_mean) / scale
+
+
 def spec_augment(fbank: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
     """SpecAugment time and frequency masking, drawn independently for each second (after a mel-axis warp, when on).
 
@@ -229,6 +248,12 @@ class ClipDataset(Dataset):
         fields: which of WEAK_FIELDS to return.
         augment: clip-level augmentation (one crop/flip for all frames; SpecAugment per second); None = none.
         with_masks: also return `masks` (T, H, W) int64 and `mask_valid` (T,); only for the supervised upper bound.
+
+    Clip mixing (`augment.mix`, beyond the paper): with that chance the audio becomes the clip's plus a random other
+    clip's with the same valid seconds (mix_fbank, before SpecAugment), so a listener hears digits spoken over each
+    other more often than the data has them. Items then also carry `partner` (its index, -1 when not mixed) and
+    `partner_labels` (its video labels, zeros when not mixed); `labels` stays the clip's own, and what the audio holds
+    is labels | partner_labels (`heard_labels`). Frames stay the clip's own.
     """
 
     def __init__(self, path: Path | str, fields: tuple[str, ...] = ("frames", "fbank", "labels", "frame_valid"),
@@ -236,6 +261,19 @@ class ClipDataset(Dataset):
         self.fields = _check_fields(tuple(fields), with_masks)
         self.reader = read_features(path)
         self.augment = augment or AugmentConfig()
+        self.partners: list[torch.Tensor] = []  # per clip: the clips it may be mixed with (same valid seconds)
+        if self.augment.mix > 0.0:
+            if "fbank" not in self.fields:
+                raise ValueError("augment.mix mixes audio: it needs the fbank field")
+            valid = [self.reader.read("frame_valid", i).tobytes() for i in range(len(self.reader))]
+            groups: dict[bytes, list[int]] = {}
+            for i, key in enumerate(valid):
+                groups.setdefault(key, []).append(i)
+            self.partners = [torch.tensor([j for j in groups[key] if j != i], dtype=torch.long)
+                             for i, key in enumerate(valid)]
+            # the normalisation extract applied (recorded in the artifact's config; AST's default otherwise)
+            fbank_cfg = {**asdict(FbankParams()), **self.reader.provenance.get("config", {}).get("fbank", {})}
+            self.norm = (float(fbank_cfg["norm_mean"]), float(fbank_cfg["norm_std"]))
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -255,9 +293,30 @@ class ClipDataset(Dataset):
             item["frames"], masks = augment_images(item["frames"], self.augment, item.get("masks"))
             if masks is not None:
                 item["masks"] = masks
+        if self.partners:
+            self._mix(i, item)
         if "fbank" in item:
             item["fbank"] = spec_augment(item["fbank"], self.augment)
         return item
+
+    def _mix(self, i: int, item: dict[str, Any]) -> None:
+        partner, partner_labels = -1, torch.zeros(len(self.reader.classes))
+        candidates = self.partners[i]
+        if len(candidates) and _rand(None) < self.augment.mix:
+            partner = int(candidates[_randint(0, len(candidates) - 1, None)])
+            other = self.reader.clip(partner, ("fbank", "labels"))
+            lo, hi = self.augment.mix_gain_db
+            gain = lo + (hi - lo) * _rand(None)
+            item["fbank"] = mix_fbank(item["fbank"], _as_tensor("fbank", other["fbank"]), gain, *self.norm)
+            partner_labels = _as_tensor("labels", other["labels"])
+        item["partner"], item["partner_labels"] = partner, partner_labels
+
+
+def heard_labels(batch: dict[str, Any]) -> torch.Tensor:
+    """(B, C) the video labels of what a batch's audio holds: the clips' own, joined by their mixed-in partners'."""
+    if "partner_labels" not in batch:
+        return batch["labels"]
+    return torch.maximum(batch["labels"], batch["partner_labels"])
 
 
 class FrameDataset(Dataset):
@@ -282,6 +341,8 @@ class FrameDataset(Dataset):
                  masks_from: Path | str | None = None) -> None:
         if "frame_valid" in fields:
             raise ValueError("FrameDataset serves valid frames only; 'frame_valid' is not a per-frame field")
+        if augment is not None and augment.mix > 0.0:
+            raise PcasError("augment.mix mixes whole clips' audio: only train-tvp's clip batches apply it")
         self.fields = _check_fields(tuple(fields), with_masks)
         self.reader = read_features(path)
         self.mask_reader = None
