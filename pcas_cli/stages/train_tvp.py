@@ -233,8 +233,8 @@ def teach(cfg: TrainTVPConfig, ckpt_dir: Path, train: ArtifactReader, prompts: T
           inputs: dict[str, str], device: torch.device) -> tuple[Tensor, dict[str, Tensor], dict[str, str]]:
     """The teacher's per-second probabilities on train (N, T, C), its weights (the student's start) and its id.
 
-    The teacher must share the student's architecture and inputs (features, and visual.pt with TVP; checked), so it hears
-    train with the student's cached TVP prompts rather than computing them again."""
+    The teacher must share the student's architecture and inputs (features, and visual.pt with TVP; checked), so it
+    hears train with the student's cached TVP prompts rather than computing them again."""
     path = ckpt_dir / f"{cfg.teacher}.pt"
     if cfg.teacher == cfg.stem:
         raise PcasError(f"{path}: a listener cannot teach itself; give the student another name (--name)")
