@@ -241,3 +241,37 @@ def test_semantic_padded_frame_changes_scores():
 def test_semantic_empty_result_is_zero():
     r = SemanticScores(3).result()
     assert r["miou"] == 0.0 and r["fscore"] == 0.0 and r["miou_present"] == 0.0
+
+
+# -------------------------------------------------------------------------- frame-level audio classification (Table 3)
+
+def test_average_precision_and_map_hand_computed():
+    from pcas_cli.metrics_cls import average_precision, mean_average_precision
+
+    # ranked order: hit, miss, hit -> precisions at the hits 1/1 and 2/3
+    assert average_precision(np.array([0.9, 0.8, 0.7]), np.array([1, 0, 1])) == pytest.approx((1 + 2 / 3) / 2)
+    assert np.isnan(average_precision(np.array([0.9, 0.1]), np.array([0, 0])))
+    scores = np.array([[0.9, 0.2, 0.5], [0.8, 0.6, 0.4], [0.7, 0.1, 0.3]])
+    targets = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0]])
+    # class 0: hits at ranks 1 and 3 -> (1 + 2/3) / 2; class 1: hit at rank 1 -> 1; class 2 has no positive: left out
+    assert mean_average_precision(scores, targets) == pytest.approx(((1 + 2 / 3) / 2 + 1) / 2)
+
+
+def test_set_accuracy_by_sources_hand_computed():
+    from pcas_cli.metrics_cls import exact_set_accuracy, set_accuracy_by_sources
+
+    probs = np.array([[0.1, 0.2, 0.3],   # silent, nothing heard: right
+                      [0.6, 0.1, 0.1],   # silent, class 0 heard: wrong
+                      [0.9, 0.4, 0.1],   # one source (0): exact, ranked first
+                      [0.4, 0.3, 0.1],   # one source (0): nothing heard, but ranked first
+                      [0.2, 0.3, 0.1],   # one source (0): class 1 ranked first
+                      [0.7, 0.6, 0.2],   # overlap (0, 1): exact, ranked first
+                      [0.8, 0.3, 0.4]])  # overlap (0, 1): only 0 heard; 2 outranks 1
+    targets = np.array([[0, 0, 0], [0, 0, 0], [1, 0, 0], [1, 0, 0], [1, 0, 0], [1, 1, 0], [1, 1, 0]])
+    got = set_accuracy_by_sources(probs, targets)
+    assert got == {"silent": {"seconds": 2, "exact": 0.5, "top_n": None},
+                   "one": {"seconds": 3, "exact": pytest.approx(1 / 3), "top_n": pytest.approx(2 / 3)},
+                   "overlap": {"seconds": 2, "exact": 0.5, "top_n": 0.5}}
+    assert exact_set_accuracy(probs, targets) == pytest.approx(3 / 7)  # the groups' exact sets, pooled
+    none_overlapped = set_accuracy_by_sources(probs[:5], targets[:5])["overlap"]
+    assert none_overlapped == {"seconds": 0, "exact": None, "top_n": None}

@@ -78,6 +78,9 @@ def test_every_stage_writes_its_artifact(run_dir: Path) -> None:
     # mIoU is strictly positive and background IoU high; a sanity check that eval and the pipeline agree.
     visible = json.loads((run_dir / "metrics/visible.json").read_text())
     assert visible["miou"] > 0.2
+    # Table 3's listener scores split the scored seconds by how many classes sound, and together count all of them
+    listener = json.loads((run_dir / "metrics/audio-tvp.json").read_text())
+    assert sum(g["seconds"] for g in listener["by_sources"].values()) == listener["frames"] > 0
 
 
 def test_align_chooses_the_listener_threshold_on_val(run_dir: Path) -> None:
@@ -305,8 +308,12 @@ def test_second_decisions_hand_values() -> None:
     assert d["exact_set"] == 0.5  # seconds 0 and 2 right; 1 hears an extra class; 3 hears a silent one
     assert d["silent_heard"] == 0.5 and d["silent_seconds"] == 2
     has[0, 3] = False  # a second without a mask is not scored
-    assert second_decisions(probs, targets, has, 0.5) == {"exact_set": 2 / 3, "silent_heard": 0.0,
-                                                          "silent_seconds": 1, "decision_threshold": 0.5}
+    d = second_decisions(probs, targets, has, 0.5)
+    assert {k: d[k] for k in ("exact_set", "silent_heard", "silent_seconds")} == {"exact_set": 2 / 3,
+                                                                                  "silent_heard": 0.0,
+                                                                                  "silent_seconds": 1}
+    assert d["by_sources"]["silent"] == {"seconds": 1, "exact": 1.0, "top_n": None}  # only scored seconds count
+    assert d["by_sources"]["one"] == {"seconds": 2, "exact": 0.5, "top_n": 0.5}  # second 1 ranks class 1 first
 
 
 def test_same_seed_same_weights(run_dir: Path, tmp_path: Path) -> None:

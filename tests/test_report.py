@@ -28,7 +28,11 @@ def test_tables_and_readme_block(tmp_path: Path, monkeypatch) -> None:
     records = [("step", 1, 0.9), ("epoch", 1, 0.2), ("epoch", 2, 0.3), ("epoch", 3, 0.32)]
     (runs / "x-avss/ckpt/supervised.log.jsonl").write_text("".join(
         json.dumps({"kind": kind, "epoch": e, "val": {"miou": v}}) + "\n" for kind, e, v in records) + '{"kind": "ep')
-    (runs / "x-avss/metrics/audio-tvp.json").write_text(json.dumps({"map": 0.8, "exact_acc": 0.5, "frames": 10}))
+    by_sources = {"silent": {"seconds": 2, "exact": 1.0, "top_n": None},
+                  "one": {"seconds": 5, "exact": 0.6, "top_n": 0.8},
+                  "overlap": {"seconds": 3, "exact": 0.0, "top_n": 1 / 3}}
+    (runs / "x-avss/metrics/audio-tvp.json").write_text(json.dumps({"map": 0.8, "exact_acc": 0.5, "frames": 10,
+                                                                    "by_sources": by_sources}))
     # a self-trained TVP listener's MIL teacher and round-1 student get their own rows; the AST had none, so no
     # "AST, MIL only" row
     (runs / "x-avss/metrics/audio-tvp-mil.json").write_text(json.dumps({"map": 0.6, "exact_acc": 0.2, "frames": 10}))
@@ -72,6 +76,9 @@ def test_tables_and_readme_block(tmp_path: Path, monkeypatch) -> None:
     assert "AST, MIL only" not in text and "AST, self-trained round 1" not in text
     assert "| AST + TVP, confirmed by AST (geometric mean; what PCAS uses) | 0.900 | 0.700 | – | – | – | – |" \
         in text
+    # where the listeners err: only the AVSS run's listeners whose metrics split the seconds by sources (TVP here)
+    assert "| AST + TVP | 100.00 | 60.00 | 80.00 | 0.00 | 33.33 | 2 / 5 / 3 |" in text
+    assert text.count("| AST + TVP, confirmed by AST") == 1  # the S4 run's combined row is Table 3's only
     assert "| x-avss | `refine --no-cmc` | 12.5 | 900 |" in text
     assert "| x-avss | `refine --name refine-cmpc --init align-nocmc` | 20.0 | 900 |" in text
     assert "--init visual" not in text and "| all | | 46.5 | 900 |" in text and "`align`" not in text

@@ -42,7 +42,7 @@ from pcas_cli.config import to_dict
 from pcas_cli.console import CONSOLE, progress
 from pcas_cli.errors import PcasError
 from pcas_cli.losses import IGNORE, patch_labels_from_audio
-from pcas_cli.metrics_cls import mean_average_precision
+from pcas_cli.metrics_cls import mean_average_precision, set_accuracy_by_sources
 from pcas_cli.seed import seed_everything
 from pcas_cli.stages._common import (AudioCache, AudioModelConfig, VisualModelConfig, base_spec, build_audio,
                                      build_visual, classes_in_masks, frame_classes_from_masks, frames_to_tensor,
@@ -98,7 +98,8 @@ def second_decisions(probs: np.ndarray, targets: np.ndarray, has: np.ndarray, th
     silent = has & ~targets.any(-1)
     return {"exact_set": float((heard == targets).all(-1)[has].mean()) if has.any() else 0.0,
             "silent_heard": float(heard.any(-1)[silent].mean()) if silent.any() else 0.0,
-            "silent_seconds": int(silent.sum()), "decision_threshold": threshold}
+            "silent_seconds": int(silent.sum()), "decision_threshold": threshold,
+            "by_sources": set_accuracy_by_sources(probs[has], targets[has], threshold)}
 
 
 Targets = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> second_targets of that split

@@ -184,13 +184,35 @@ def table3(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
 
 
 def listener_scores(runs: Path, run: str, stem: str) -> dict[str, Any] | None:
-    """Per-second val mAP, exact-set accuracy (p > 0.5) and scored seconds of one Table 3 row, or None."""
+    """Per-second val mAP, exact-set accuracy (p > 0.5), scored seconds and (metrics written since 2026-12-03) the
+    accuracies by how many classes sound (`by_sources`) of one Table 3 row, or None."""
     if stem == "listeners":
         m = metrics_of(runs, run, "listeners")
         v = m and m.get("val")
-        return v and {"map": v["map"], "exact_acc": v["exact_set"], "frames": v["frames"]}
+        return v and {"map": v["map"], "exact_acc": v["exact_set"], "frames": v["frames"],
+                      "by_sources": v.get("by_sources")}
     m = metrics_of(runs, run, f"audio-{stem}")
-    return m and {k: m[k] for k in ("map", "exact_acc", "frames")}
+    return m and {"map": m["map"], "exact_acc": m["exact_acc"], "frames": m["frames"],
+                  "by_sources": m.get("by_sources")}
+
+
+def listener_sources_table(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
+    """Table 3's listeners on the AVSS-layout val seconds, split by how many classes sound: where they fail."""
+    lines = ["| Listener | silent: nothing heard | one source: exact set | one: top-1 right | overlapped: exact set "
+             "| overlapped: true classes ranked first | val seconds (silent / one / overlapped) |",
+             "|---|---|---|---|---|---|---|"]
+    data: dict[str, Any] = {}
+    for stem, label in (*TABLE3_LISTENERS, TABLE3_COMBINED):
+        scores = listener_scores(cfg.runs, f"{cfg.prefix}-avss", stem)
+        groups = scores and scores["by_sources"]
+        if not groups:
+            continue
+        data[stem] = groups
+        silent, one, overlap = groups["silent"], groups["one"], groups["overlap"]
+        lines.append(f"| {label} | {_pct(silent['exact'])} | {_pct(one['exact'])} | {_pct(one['top_n'])} | "
+                     f"{_pct(overlap['exact'])} | {_pct(overlap['top_n'])} | "
+                     f"{silent['seconds']} / {one['seconds']} / {overlap['seconds']} |")
+    return (lines if data else []), data
 
 
 def ablation_seeds(runs: Path, run: str) -> list[int]:
@@ -485,6 +507,8 @@ def run(cfg: ReportConfig) -> Path:
         ("Table 2 analog: AVSS-layout data, weak vs full supervision (test split, x100)", table2, "table2"),
         ("Table 3 analog: frame-level audio classification on val (per-second mAP, exact-set accuracy)", table3,
          "table3"),
+        ("Where the listeners err: AVSS-layout val seconds by how many classes sound (per-second decisions at "
+         "p > 0.5 and rankings, x100)", listener_sources_table, "listener_sources"),
         ("Table 4 analog: module ablations on the AVSS-layout data (test split, pseudo-labels before CRF, x100)",
          table4, "table4"),
         ("Error analysis: PCAS on AVSS-layout test frames where the listener hears exactly the right classes, or not "

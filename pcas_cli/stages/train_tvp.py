@@ -30,7 +30,7 @@ from pcas_cli.config import to_dict
 from pcas_cli.console import CONSOLE
 from pcas_cli.errors import PcasError
 from pcas_cli.losses import audio_mil_loss, second_bce_loss, teacher_second_targets
-from pcas_cli.metrics_cls import exact_set_accuracy, mean_average_precision
+from pcas_cli.metrics_cls import exact_set_accuracy, mean_average_precision, set_accuracy_by_sources
 from pcas_cli.provenance import make_provenance
 from pcas_cli.seed import seed_everything
 from pcas_cli.stages._common import (AudioModelConfig, audio_architecture, audio_from_checkpoint, build_audio,
@@ -166,12 +166,16 @@ class ListenerEval:
         self.targets = np.stack(targets)  # (N, T, C): scoring only
         self.keep = np.stack(keep)  # (N, T): seconds with a ground-truth mask
 
-    def score(self, audio: nn.Module) -> dict[str, float]:
+    def score(self, audio: nn.Module, by_sources: bool = False) -> dict[str, Any]:
+        """Per-second mAP, exact-set accuracy (p > 0.5) and scored seconds; with `by_sources`, also both accuracies
+        by how many classes sound (metrics_cls.set_accuracy_by_sources; not a scalar, so not for the training log)."""
         was_training = audio.training
         p = listener_probs(audio, self.features, self.prompts, self.device).numpy()[self.keep]  # (frames, C)
         audio.train(was_training)
         y = self.targets[self.keep]
-        return {"map": mean_average_precision(p, y), "exact_acc": exact_set_accuracy(p, y), "frames": int(len(y))}
+        scores: dict[str, Any] = {"map": mean_average_precision(p, y), "exact_acc": exact_set_accuracy(p, y),
+                                  "frames": int(len(y))}
+        return {**scores, "by_sources": set_accuracy_by_sources(p, y)} if by_sources else scores
 
 
 def run(cfg: TrainTVPConfig) -> Path:
@@ -251,7 +255,7 @@ def teach(cfg: TrainTVPConfig, ckpt_dir: Path, train: ArtifactReader, prompts: T
 def write_listener_metrics(cfg: TrainTVPConfig, best: Path, task: TVPTask, device: torch.device) -> None:
     """Table 3 numbers of the selected weights on val: metrics/audio-<stem>.json."""
     audio, ckpt = audio_from_checkpoint(best)
-    scores = task.val.score(audio.to(device))
+    scores = task.val.score(audio.to(device), by_sources=True)
     out = run_paths(cfg.run)["metrics"] / f"audio-{cfg.stem}.json"
     write_json(out, {"name": "AST + TVP" if cfg.tvp else "AST", "split": "val", **scores,
                      "weights": str(best), "weights_id": ckpt["artifact_id"]})
