@@ -362,6 +362,20 @@ def report(
 
 
 @app.command()
+def compare(
+    reference: Path = typer.Argument(..., help="metrics JSON to compare against (a baseline, or the upper bound)"),
+    others: List[Path] = typer.Argument(..., help="metrics JSON files of the rows to compare (same split)"),
+    resamples: int = typer.Option(1000, help="bootstrap resamples of the test clips"),
+    seed: int = typer.Option(0, help="seed of the resampling (same seed, same numbers)"),
+) -> None:
+    """Paired bootstrap over the scored clips: each row's mIoU lead over the reference and share of it, with 95%
+    intervals (is a difference more than another draw of test clips would give?)."""
+    from pcas_cli.stages.compare import CompareConfig, run as compare_run
+
+    compare_run(CompareConfig(reference=reference, others=tuple(others), resamples=resamples, seed=seed))
+
+
+@app.command()
 def bench(
     out_dir: Path = typer.Option(Path("results"), help="where bench.json and bench.md go"),
     quick: bool = typer.Option(False, "--quick", help="tiny sizes (a smoke run; memory targets not checked)"),

@@ -195,11 +195,11 @@ class BinaryMIoU:
         self._frames_sum = 0.0
         self._frames_n = 0
 
-    def update(self, pred: np.ndarray, gt: np.ndarray) -> None:
-        """Add (N, H, W) hard predictions and ground truths, in test order."""
+    def update(self, pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+        """Add (N, H, W) hard predictions and ground truths, in test order; returns the frames' IoUs (N,)."""
         iou = binary_iou(pred, gt)  # (N,)
         if len(iou) == 0:
-            return
+            return iou
         self._frames_sum += float(iou.sum())
         self._frames_n += len(iou)
         for sl, closes in _batch_slices(len(iou), self._batch_n, self.batch_frames):
@@ -207,6 +207,7 @@ class BinaryMIoU:
             self._batch_n += sl.stop - sl.start
             if closes:
                 self._close_batch()
+        return iou
 
     def _close_batch(self) -> None:
         self._batches_sum += self._batch_sum / self._batch_n
@@ -309,14 +310,16 @@ class SemanticScores:
         self.gt_frames = np.zeros(num_classes, dtype=np.int64)  # frames where class c is in the GT
         self._frames_n = 0
 
-    def update(self, pred: np.ndarray, gt: np.ndarray) -> None:
-        """Add (N, H, W) argmax predictions and ground truths."""
+    def update(self, pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Add (N, H, W) argmax predictions and ground truths; returns what they added to the per-class IoU sums and
+        frame counts, (C,) each (per-clip sums for the bootstrap, `bootstrap_miou`)."""
         if np.asarray(gt).shape[0] == 0:
-            return
+            return np.zeros(self.num_classes), np.zeros(self.num_classes, dtype=np.int64)
         inter, area_pred, area_gt = (a.astype(np.float64) for a in semantic_frame_counts(pred, gt, self.num_classes))
         union = area_pred + area_gt - inter  # (N, C)
-        self.iou_sum += (inter / (union + SEMANTIC_EPS)).sum(0)
-        self.count += (union > 0).sum(0)
+        iou_sum, count = (inter / (union + SEMANTIC_EPS)).sum(0), (union > 0).sum(0)
+        self.iou_sum += iou_sum
+        self.count += count
         self.gt_frames += (area_gt > 0).sum(0)
         with np.errstate(invalid="ignore", divide="ignore"):
             prec = inter / area_pred
@@ -324,6 +327,7 @@ class SemanticScores:
             f = (1 + self.beta2) * prec * rec / (self.beta2 * prec + rec)
         self.f_sum += np.nan_to_num(f, nan=0.0).sum(0)
         self._frames_n += inter.shape[0]
+        return iou_sum, count
 
     @property
     def frames(self) -> int:
@@ -352,3 +356,36 @@ class SemanticScores:
             "count": self.count.copy(),
             "gt_frames": self.gt_frames.copy(),
         }
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Uncertainty: how much an mIoU would move with another draw of the test clips (not part of the official protocol)
+# ----------------------------------------------------------------------------------------------------------------------
+
+BOOTSTRAP_RESAMPLES = 1000
+
+
+def bootstrap_miou(iou_sum: np.ndarray, count: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES,
+                   seed: int = 0) -> np.ndarray:
+    """mIoU of `resamples` bootstrap resamples of the clips (drawn with replacement), (resamples,).
+
+    iou_sum, count: (N, C) per clip: the summed frame IoUs and the frames that count for each class (AVSS: union > 0,
+    as SemanticScores; binary: C = 1, every scored frame). Each resample reduces as the official AVSS metric does:
+    per class summed IoU / frames, 0 where a class has none, mean over all C classes (binary: the per-frame mean).
+    Clips, not frames, are resampled because a clip's frames are not independent draws. Two metrics files over the
+    same clips in the same order drawn with the same seed get the same resamples: their difference is a paired
+    bootstrap."""
+    iou_sum, count = np.asarray(iou_sum, dtype=np.float64), np.asarray(count, dtype=np.float64)
+    n = iou_sum.shape[0]
+    draws = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    weights = np.zeros((resamples, n))
+    np.add.at(weights, (np.arange(resamples)[:, None], draws), 1.0)  # (R, N): how often each clip was drawn
+    sums, frames = weights @ iou_sum, weights @ count  # (R, C)
+    per_class = np.divide(sums, frames, out=np.zeros_like(sums), where=frames > 0)
+    return per_class.mean(axis=1)
+
+
+def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The central `level` interval of bootstrap samples (percentile method)."""
+    lo, hi = np.quantile(samples, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)

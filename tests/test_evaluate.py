@@ -117,6 +117,13 @@ def test_semantic_end_to_end_and_padded_frames(tmp_path):
     assert m["per_class"]["cat"] == {"iou": 0.0, "fscore": 0.0, "frames": 1, "gt_frames": 0}
     assert m["per_class"]["bird"]["frames"] == 0
     assert json.loads(out.read_text())["miou"] == pytest.approx(m["miou"])
+    # the clips' statistics behind the bootstrap interval add up to the official per-class sums
+    clips = m["clips"]
+    per_class_frames = np.sum(clips["count"], axis=0)
+    assert per_class_frames.tolist() == [r["frames"] for r in m["per_class"].values()]
+    assert np.sum(clips["iou_sum"], axis=0)[:2] / per_class_frames[:2] == pytest.approx([0.625, 2 / 3])
+    lo, hi = m["miou_ci95"]
+    assert 0.0 <= lo <= hi <= 1.0
     # The official quirk also scores the padded frame: a perfect all-background frame raises background IoU to 0.75.
     padded = run(EvalConfig(features=f, predictions=p, out=out, avss_padded_frames=True))
     assert padded["frames_scored"] == 3 and padded["padded_frames_scored"] == 1
@@ -183,3 +190,40 @@ def test_accepts_recorded_features_with_same_fingerprint(tmp_path):
     f, _ = binary_fixture(tmp_path)
     f, p = binary_fixture(tmp_path, inputs={"features/test.h5": read_features(f).artifact_id})
     assert run(EvalConfig(features=f, predictions=p, f_batch_frames=2))["frames_scored"] == 2
+
+
+def test_compare_paired_bootstrap_and_refusals(tmp_path):
+    """`pcas compare`: the fixture's predictions (clip a right, clip b wrong: mIoU 0.5) against perfect ones."""
+    from pcas_cli.stages.compare import CompareConfig, run as compare_run
+
+    f, p = binary_fixture(tmp_path)
+    weak = run(EvalConfig(features=f, predictions=p, out=tmp_path / "weak.json", name="weak"))
+    assert weak["clips"]["ids"] == ["a", "b"] and weak["clips"]["count"] == [[1], [1]]
+    assert np.ravel(weak["clips"]["iou_sum"]) == pytest.approx([1.0, 0.0])
+    perfect_scores = []
+    for gt in ([1, 0], [0, 1]):
+        scores = np.zeros((2, 2, 1, 2), np.float32)
+        scores[:, 1, 0] = gt
+        scores[:, 0] = 1 - scores[:, 1]
+        perfect_scores.append(scores)
+    p2 = write_predictions(tmp_path / "perfect" / "test.h5",
+                           [{"clip_id": c, "scores": s, "masks": s[:, 1] > 0.5} for c, s in zip("ab", perfect_scores)],
+                           ["sounding"], "binary")
+    run(EvalConfig(features=f, predictions=p2, out=tmp_path / "perfect.json", name="perfect"))
+    same, better = compare_run(CompareConfig(reference=tmp_path / "weak.json",
+                                             others=(tmp_path / "weak.json", tmp_path / "perfect.json")))
+    assert same["difference"] == 0.0 and same["difference_ci95"] == (0.0, 0.0) and same["share_ci95"] == (1.0, 1.0)
+    # each resample: perfect 1, weak = the share of clip a drawn, so the lead = the share of b (0, 1/2 or 1)
+    assert better["difference"] == pytest.approx(0.5) and better["difference_ci95"] == pytest.approx((0.0, 1.0))
+    # a metrics file from before the clips' statistics, a missing one, another split: one line naming the file
+    old = json.loads((tmp_path / "weak.json").read_text())
+    del old["clips"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    other = json.loads((tmp_path / "weak.json").read_text())
+    other["clips"]["ids"] = ["a", "c"]
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    for name, why in (("old.json", "re-run pcas eval"), ("missing.json", "no such metrics file"),
+                      ("other.json", "scored other clips")):
+        with pytest.raises(PcasError) as e:
+            compare_run(CompareConfig(reference=tmp_path / "weak.json", others=(tmp_path / name,)))
+        assert str(e.value).startswith(str(tmp_path / name)) and why in str(e.value) and "\n" not in str(e.value)

@@ -275,3 +275,22 @@ def test_set_accuracy_by_sources_hand_computed():
     assert exact_set_accuracy(probs, targets) == pytest.approx(3 / 7)  # the groups' exact sets, pooled
     none_overlapped = set_accuracy_by_sources(probs[:5], targets[:5])["overlap"]
     assert none_overlapped == {"seconds": 0, "exact": None, "top_n": None}
+
+
+# --------------------------------------------------------------------------------- bootstrap intervals (not official)
+
+def test_bootstrap_miou_hand_computed():
+    from pcas_cli.metrics import bootstrap_miou, percentile_interval
+
+    # two clips, classes (background, dog): clip A has a perfect frame of both, clip B a frame with background at
+    # IoU 0.5 and no dog. Resamples AA -> 1, BB -> (0.5 + 0) / 2 (dog absent counts 0, as officially), AB or BA ->
+    # (1.5 / 2 + 1) / 2
+    iou_sum, count = np.array([[1.0, 1.0], [0.5, 0.0]]), np.array([[1, 1], [1, 0]])
+    samples = bootstrap_miou(iou_sum, count, resamples=400)
+    values, counts = np.unique(samples, return_counts=True)
+    assert values == pytest.approx([0.25, 0.875, 1.0])
+    assert counts[1] / 400 == pytest.approx(0.5, abs=0.1)  # AB and BA: half the draws
+    assert percentile_interval(samples) == (0.25, 1.0)
+    # same clips, same seed: the same draws (a paired bootstrap of two rows); identical clips: no spread
+    assert np.array_equal(samples, bootstrap_miou(iou_sum, count, resamples=400))
+    assert np.all(bootstrap_miou(np.array([[0.3], [0.3]]), np.array([[1], [1]])) == pytest.approx(0.3))

@@ -27,7 +27,8 @@ from pcas_cli.artifacts import ArtifactReader, read_features, read_predictions
 from pcas_cli.config import to_dict
 from pcas_cli.console import CONSOLE, progress
 from pcas_cli.errors import PcasError, fail
-from pcas_cli.metrics import F_BATCH_FRAMES, F_BETA2, F_NUM_THRESHOLDS, BinaryFScore, BinaryMIoU, SemanticScores
+from pcas_cli.metrics import (F_BATCH_FRAMES, F_BETA2, F_NUM_THRESHOLDS, BinaryFScore, BinaryMIoU, SemanticScores,
+                              BOOTSTRAP_RESAMPLES, bootstrap_miou, percentile_interval)
 from pcas_cli.provenance import check_inputs, make_provenance
 
 
@@ -143,7 +144,9 @@ def score(features: ArtifactReader, predictions: ArtifactReader, f_batch_frames:
     Returns:
         binary: task, miou, miou_per_frame, fscore, fscore_batch_independent, frames_scored, batches, nonempty_frames.
         semantic: task, miou, fscore, miou_present, fscore_present, per_class {class: {iou, fscore, frames,
-        gt_frames}}, frames_scored, padded_frames_scored. All scores are fractions in [0, 1].
+        gt_frames}}, frames_scored, padded_frames_scored. Both: miou_ci95, the 95% bootstrap interval of the mIoU
+        over clips (binary: of miou_per_frame), and clips {ids, iou_sum, count} behind it (scored clips only; see
+        metrics.bootstrap_miou). All scores are fractions in [0, 1].
     """
     task = check_compatible(features, predictions)
     classes = ["background", *(["sounding"] if task == "binary" else list(features.meta["classes"]))]
@@ -152,19 +155,27 @@ def score(features: ArtifactReader, predictions: ArtifactReader, f_batch_frames:
     else:
         sem = SemanticScores(len(classes))
     padded_scored = 0
+    # per scored clip, for the bootstrap: its id, (C,) summed frame IoUs and frames counted (binary: C = 1)
+    clip_ids, clip_iou_sum, clip_count = [], [], []
+    ids = features.clip_ids()
     for i in range(len(features)):
         gt = features.clip(i, ("masks", "mask_valid", "frame_valid"))
         keep = _scored_frames(gt["mask_valid"], gt["frame_valid"], task, avss_padded_frames)  # (T,)
         padded_scored += int((keep & ~gt["frame_valid"]).sum())
         if keep.any():
+            clip_ids.append(ids[i])
             masks_gt = gt["masks"][keep]  # (n, H, W)
             if task == "binary":
                 pred = predictions.clip(i, ("masks", "scores"))
                 gt_fg = masks_gt > 0  # a semantic ground truth scored as binary: any object class is foreground
-                miou.update(pred["masks"][keep] > 0, gt_fg)
+                iou = miou.update(pred["masks"][keep] > 0, gt_fg)
                 fs.update(pred["scores"][keep, 1].astype(np.float32), gt_fg)  # (n, H, W) foreground probability
+                clip_iou_sum.append([float(iou.sum())])
+                clip_count.append([len(iou)])
             else:
-                sem.update(predictions.read("masks", i)[keep], masks_gt)
+                iou_sum, count = sem.update(predictions.read("masks", i)[keep], masks_gt)
+                clip_iou_sum.append(iou_sum.tolist())
+                clip_count.append(count.tolist())
         if on_clip is not None:
             on_clip()
     if task == "binary":
@@ -183,12 +194,18 @@ def score(features: ArtifactReader, predictions: ArtifactReader, f_batch_frames:
     if frames == 0:
         raise fail(features.path, "nothing to score: no frame has a ground-truth mask (mask_valid is all false)")
     result["frames_scored"] = frames
+    result["miou_ci95"] = percentile_interval(bootstrap_miou(clip_iou_sum, clip_count))
+    # the scored clips' sufficient statistics: `pcas report` compares two rows with a paired bootstrap over them
+    result["clips"] = {"ids": clip_ids, "iou_sum": [[round(v, 6) for v in row] for row in clip_iou_sum],
+                       "count": clip_count}
     return result
 
 
 def protocol(task: str, f_batch_frames: int, avss_padded_frames: bool) -> dict[str, Any]:
     """A plain description of how the numbers were computed (stored in the JSON next to them)."""
-    common = {"units": "fractions in [0, 1]; tables show x100", "beta2": F_BETA2}
+    common = {"units": "fractions in [0, 1]; tables show x100", "beta2": F_BETA2,
+              "miou_ci95": f"not official: 2.5 and 97.5 percentiles of the mIoU over {BOOTSTRAP_RESAMPLES} bootstrap "
+                           "resamples of the scored clips (seed 0; binary: of the per-frame mean)"}
     if task == "binary":
         return {**common, "frames": "frames with a ground-truth mask",
                 "miou": "official mask_iou on hard masks: per-frame IoU (empty GT: TN / HW), mean per test batch, "
@@ -219,14 +236,15 @@ def print_tables(metrics: dict[str, Any]) -> None:
     """The summary row (x100, 2 decimals) and, for semantic tasks, the per-class table."""
     binary = metrics["task"] == "binary"
     table = Table(title=f"eval {metrics['name']}")
-    cols = ["name", "task", "frames", "mIoU", "F"]
+    cols = ["name", "task", "frames", "mIoU", "mIoU 95% CI", "F"]
     cols += ["F batch-indep.", "mIoU per frame"] if binary else ["mIoU present", "F present"]
     for c in cols:
         table.add_column(c, justify="left" if c in ("name", "task") else "right")
     extra = ([metrics["fscore_batch_independent"], metrics["miou_per_frame"]] if binary
              else [metrics["miou_present"], metrics["fscore_present"]])
+    lo, hi = metrics["miou_ci95"]
     table.add_row(metrics["name"], metrics["task"], str(metrics["frames_scored"]), _pct(metrics["miou"]),
-                  _pct(metrics["fscore"]), *map(_pct, extra))
+                  f"{_pct(lo)} .. {_pct(hi)}", _pct(metrics["fscore"]), *map(_pct, extra))
     CONSOLE.print(table)
     if binary:
         return
@@ -268,10 +286,11 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         scores = score(features, predictions, cfg.f_batch_frames, cfg.avss_padded_frames,
                        on_clip=lambda: bar.advance(job))
         inputs = {str(cfg.features): features.artifact_id, str(cfg.predictions): predictions.artifact_id}
+        clips = scores.pop("clips")  # long: last in the file
         metrics = {"name": name, **scores, "features_id": features.artifact_id,
                    "predictions_id": predictions.artifact_id,
                    "protocol": protocol(scores["task"], cfg.f_batch_frames, cfg.avss_padded_frames),
-                   "stage": "eval", "provenance": make_provenance("eval", to_dict(cfg), None, inputs)}
+                   "stage": "eval", "provenance": make_provenance("eval", to_dict(cfg), None, inputs), "clips": clips}
     print_tables(metrics)
     _write_json(out, metrics)
     CONSOLE.print(f"[green]wrote[/green] {out}")

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 
 from pcas_cli.console import CONSOLE
+from pcas_cli.metrics import BOOTSTRAP_RESAMPLES
+from pcas_cli.stages.compare import compare
 from pcas_cli.writing import write_json, write_text
 
 README_START = "<!-- results:start -->"
@@ -95,26 +97,63 @@ def _pick(m: dict[str, Any]) -> dict[str, Any]:
 def table2(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
     run = f"{cfg.prefix}-avss"
     sup = metrics_of(cfg.runs, run, "supervised")
-    lines = ["| Training setting | Method | F-score | mIoU | mIoU (present classes) | % of upper bound mIoU |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| Training setting | Method | F-score | mIoU | mIoU 95% CI | mIoU (present classes) "
+             "| % of upper bound mIoU |", "|---|---|---|---|---|---|---|"]
     data: dict[str, Any] = {}
     rows = [("supervised", "Fully supervised", "same backbone + FPN decoder + audio gate (upper bound)")] + \
            [(k, "Weakly supervised", label) for k, label in TABLE1_ROWS if k not in ("background", "visible")] + \
            [(k, "No training", label) for k, label in TABLE1_ROWS if k in ("background", "visible")] + \
            [ORACLE_LISTENER_ROW]
+    found: dict[str, dict[str, Any]] = {}
     for key, setting, label in rows:
         m = metrics_of(cfg.runs, run, key)
         if m is None:
             continue
+        found[key] = m
         rel = m["miou"] / sup["miou"] if sup and sup["miou"] > 0 else None
         data[key] = {**_pick(m), "relative_to_supervised": rel}
+        ci = m.get("miou_ci95")  # metrics written before 2026-12-03 have none
         lines.append(f"| {setting} | {label} | {_pct(m['fscore'])} | {_pct(m['miou'])} | "
+                     f"{'–' if ci is None else f'{_pct(ci[0])} .. {_pct(ci[1])}'} | "
                      f"{_pct(m.get('miou_present'))} | {'–' if rel is None else f'{100 * rel:.1f}%'} |")
+    comparisons, data["paired"] = paired_comparisons(found)
+    if comparisons:
+        lines += ["", comparisons]
     curve = val_curve(cfg.runs / run / "ckpt/supervised.log.jsonl")
     if sup is not None and curve:
         data["supervised_val_curve"] = curve
         lines += ["", bound_convergence_line(curve)]
     return lines, data
+
+
+# PCAS against the baselines (difference of mIoU) and against the upper bound (share of its mIoU), each over the same
+# resampled test clips (paired bootstrap: a hard clip is hard for both rows, so the pair's noise largely cancels).
+PAIRED_DIFFERENCES = (("pcas", "cam"), ("pcas-crf", "cam-crf"), ("pcas", "similarity"))
+PAIRED_SHARES = (("pcas", "supervised"), ("pcas-crf", "supervised"))
+
+
+def paired_comparisons(found: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    """One paragraph under Table 2: 95% paired-bootstrap intervals (`pcas compare`) of PCAS's lead over the
+    baselines and of its share of the upper bound, with the JSON behind it."""
+    label = {**{k: name for k, name in TABLE1_ROWS}, "supervised": "the upper bound"}
+    parts, data, clips = [], {}, 0
+    for (a, b), share in [(pair, False) for pair in PAIRED_DIFFERENCES] + [(pair, True) for pair in PAIRED_SHARES]:
+        result = a in found and b in found and compare(found[b], found[a])
+        if not result or (share and result["share_ci95"] is None):
+            continue
+        clips = len(found[a]["clips"]["ids"])
+        if share:
+            (lo, hi), value = result["share_ci95"], result["share"]
+            parts.append(f"{label[a]} / {label[b]} {100 * value:.1f}% ({100 * lo:.1f}% .. {100 * hi:.1f}%)")
+        else:
+            (lo, hi), value = result["difference_ci95"], result["difference"]
+            parts.append(f"{label[a]} - {label[b]} {100 * value:+.2f} ({100 * lo:+.2f} .. {100 * hi:+.2f})")
+        data[f"{a}/{b}" if share else f"{a}-{b}"] = {"value": value, "ci95": [lo, hi]}
+    if not parts:
+        return "", data
+    return (f"Paired bootstrap over the {clips} scored test clips ({BOOTSTRAP_RESAMPLES} resamples; mIoU x100, 95% "
+            "intervals; `pcas compare`): " + "; ".join(parts) + ". An interval that excludes 0 (or the target share) "
+            "is a difference another draw of test clips would very likely keep."), data
 
 
 def val_curve(log: Path) -> list[float]:
