@@ -269,6 +269,14 @@ def visual_probe_report(cfg: DiagnoseConfig, device: torch.device) -> dict[str, 
             "chance_map_visible": chance_map(visible), "chance_map_video_labels": chance_map(video)}
 
 
+def _sources_cell(groups: dict[str, dict]) -> str:
+    def share(x: float | None) -> str:
+        return "–" if x is None else f"{x:.2f}"
+
+    one, overlap = groups["one"], groups["overlap"]
+    return f"{share(one['exact'])} / {share(overlap['exact'])} ({share(overlap['top_n'])})"
+
+
 def print_report(report: dict[str, Any]) -> None:
     table = Table(title=f"pcas diagnose {report['run']}")
     for col in ("what", "train", "val", "chance (val)"):
@@ -279,6 +287,8 @@ def print_report(report: dict[str, Any]) -> None:
                       f"{va['chance_map']:.3f}")
         table.add_row(f"exact set / silent seconds heard at p > {tr['decision_threshold']}",
                       *(f"{d['exact_set']:.2f} / {d['silent_heard']:.2f}" for d in (tr, va)), "")
+        table.add_row("exact set in one-source / overlapped seconds (overlapped: true classes ranked first)",
+                      *(_sources_cell(d["by_sources"]) for d in (tr, va)), "")
         for h in report["heard"]:
             table.add_row(f"heard at p > {h['threshold']}: frames / precision / recall",
                           f"{h['frames_heard']:.2f} / {h['precision']:.2f} / {h['recall']:.2f}", "",
