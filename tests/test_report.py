@@ -132,7 +132,10 @@ def test_table4_over_seeds_gives_mean_std_and_removal_gains(tmp_path: Path) -> N
     base = {"none": 0.50, "cmc": 0.51, "cmpc": 0.52, "cmcc": 0.515, "cmpc-cmcc": 0.53, "cmc-cmpc": 0.54,
             "cmc-cmcc": 0.52, "all": 0.55}
     for key, _ in ABLATION_ROWS:
-        _metrics(runs / f"x-avss/metrics/ablation-{key}.json", base[key], 0.6)
+        # seed 0 with per-clip statistics (two clips; the rows differ by the same amount in both, so the interval
+        # of each removal gain is that gain)
+        _metrics(runs / f"x-avss/metrics/ablation-{key}.json", base[key], 0.6,
+                 clip_iou=[base[key] + 0.1, base[key] - 0.1])
         _metrics(runs / f"x-avss/metrics/ablation-{key}-s1.json", base[key] + 0.02, 0.7)
     _metrics(runs / "x-avss/metrics/ablation-all-s2.json", 0.58, 0.8)  # seed 2 only has the full row so far
     cfg = ReportConfig(runs=runs, out=tmp_path / "results", prefix="x", timings=tmp_path / "none.jsonl")
@@ -146,6 +149,8 @@ def test_table4_over_seeds_gives_mean_std_and_removal_gains(tmp_path: Path) -> N
     # ... and per seed where both rows have it: CMC 55 - 53 = +2 (seed 0), 57 - 55 = +2 (seed 1)
     assert "CMC +2.67 (per seed +2.00 / +2.00), CMPC +3.67 (per seed +3.00 / +3.00), CMCC +1.67" in text
     assert 'TABLE4_SEEDS="0 1 2"' in text and set(data["all"]["seeds"]) == {"0", "1", "2"}
+    assert ("intervals over the 2 test clips (mIoU x100; `pcas compare`): CMC +2.00 (+2.00 .. +2.00), CMPC +3.00 "
+            "(+3.00 .. +3.00), CMCC +1.00 (+1.00 .. +1.00).") in text
     assert abs(data["removal_gain"]["CMPC"]["mean"] - (0.5667 - 0.53)) < 1e-3
     # no extra seeds: the single-seed table
     for p in (runs / "x-avss/metrics").glob("*-s[12].json"):

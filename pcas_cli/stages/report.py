@@ -278,10 +278,12 @@ def table4(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
         header = "| CMC | CMPC | CMCC | F-score (seed 0) | mIoU (seed 0) | F-score over seeds | mIoU over seeds |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     data: dict[str, Any] = {}
+    seed0: dict[str, dict[str, Any]] = {}
     for key, flags in ABLATION_ROWS:
         m = metrics_of(cfg.runs, run, f"ablation-{key}")
         if m is None:
             continue
+        seed0[key] = m
         data[key] = _pick(m)
         marks = " | ".join("✓" if f else "" for f in flags)
         line = f"| {marks} | {_pct(m['fscore'])} | {_pct(m['miou'])} |"
@@ -301,7 +303,31 @@ def table4(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
         return [], {}
     if seeds:
         lines += ["", *_seed_notes(data, seeds)]
+    clip_noise = _removal_clip_noise(seed0, data)
+    if clip_noise:
+        lines += ["", clip_noise]
     return lines, data
+
+
+# Table 4's leave-one-out rows: the module, and the row trained with the other two only.
+REMOVALS = (("CMC", "cmpc-cmcc"), ("CMPC", "cmc-cmcc"), ("CMCC", "cmc-cmpc"))
+
+
+def _removal_clip_noise(seed0: dict[str, dict[str, Any]], data: dict[str, Any]) -> str:
+    """A line under Table 4: each module's removal gain on seed 0 with its 95% paired-bootstrap interval over the
+    test clips (how much of it another draw of test clips could undo; training-seed noise is the seed columns')."""
+    parts = []
+    for name, key in REMOVALS:
+        result = "all" in seed0 and key in seed0 and compare(seed0[key], seed0["all"])
+        if not result:
+            continue
+        lo, hi = result["difference_ci95"]
+        data.setdefault("removal_gain_clip_ci95", {})[name] = [lo, hi]
+        parts.append(f"{name} {100 * result['difference']:+.2f} ({100 * lo:+.2f} .. {100 * hi:+.2f})")
+    if not parts:
+        return ""
+    return ("Seed 0's full row minus the row without each module, with 95% paired-bootstrap intervals over the "
+            f"{len(seed0['all']['clips']['ids'])} test clips (mIoU x100; `pcas compare`): " + ", ".join(parts) + ".")
 
 
 def _seed_notes(data: dict[str, Any], seeds: list[int]) -> list[str]:
@@ -313,7 +339,7 @@ def _seed_notes(data: dict[str, Any], seeds: list[int]) -> list[str]:
     if "all" not in data:
         return lines
     full, parts = data["all"]["seeds"], []
-    for name, key in (("CMC", "cmpc-cmcc"), ("CMPC", "cmc-cmcc"), ("CMCC", "cmc-cmpc")):
+    for name, key in REMOVALS:
         if key not in data:
             continue
         gain = data["all"]["miou_mean"] - data[key]["miou_mean"]
