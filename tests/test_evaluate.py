@@ -227,3 +227,5 @@ def test_compare_paired_bootstrap_and_refusals(tmp_path):
         with pytest.raises(PcasError) as e:
             compare_run(CompareConfig(reference=tmp_path / "weak.json", others=(tmp_path / name,)))
         assert str(e.value).startswith(str(tmp_path / name)) and why in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(PcasError, match="resamples"):
+        compare_run(CompareConfig(reference=tmp_path / "weak.json", others=(tmp_path / "weak.json",), resamples=0))

@@ -18,7 +18,7 @@ import numpy as np
 from rich.table import Table
 
 from pcas_cli.console import CONSOLE
-from pcas_cli.errors import fail
+from pcas_cli.errors import PcasError, fail
 from pcas_cli.metrics import BOOTSTRAP_RESAMPLES, bootstrap_miou, percentile_interval
 
 
@@ -72,6 +72,8 @@ def compare(reference: dict[str, Any], other: dict[str, Any], resamples: int = B
 
 def run(cfg: CompareConfig) -> list[dict[str, Any]]:
     """Print one row per compared file; returns the rows."""
+    if cfg.resamples < 1:
+        raise PcasError(f"--resamples must be >= 1, got {cfg.resamples}")
     reference = load_metrics(cfg.reference)
     clips = len(reference["clips"]["ids"])
     table = Table(title=f"paired bootstrap against {reference.get('name') or cfg.reference} ({clips} clips, "
