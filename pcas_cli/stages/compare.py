@@ -58,14 +58,15 @@ def load_metrics(path: Path) -> dict[str, Any]:
 
 def compare(reference: dict[str, Any], other: dict[str, Any], resamples: int = BOOTSTRAP_RESAMPLES,
             seed: int = 0) -> dict[str, Any] | None:
-    """other - reference and other / reference in mIoU, each with its 95% paired-bootstrap interval; None where the
-    two were not scored on the same clips."""
+    """other's mIoU interval, other - reference and other / reference in mIoU, each with its 95% paired-bootstrap
+    interval; None where the two were not scored on the same clips."""
     samples = paired_samples(other, reference, resamples, seed)
     if samples is None:
         return None
     s_other, s_ref = samples
     share = np.divide(s_other, s_ref, out=np.full_like(s_other, np.nan), where=s_ref > 0)
-    return {"difference": other["miou"] - reference["miou"], "difference_ci95": percentile_interval(s_other - s_ref),
+    return {"miou": other["miou"], "miou_ci95": percentile_interval(s_other),
+            "difference": other["miou"] - reference["miou"], "difference_ci95": percentile_interval(s_other - s_ref),
             "share": other["miou"] / reference["miou"] if reference["miou"] > 0 else None,
             "share_ci95": percentile_interval(share[np.isfinite(share)]) if np.isfinite(share).any() else None}
 
@@ -86,14 +87,12 @@ def run(cfg: CompareConfig) -> list[dict[str, Any]]:
         result = compare(reference, other, cfg.resamples, cfg.seed)
         if result is None:
             raise fail(path, f"scored other clips than {cfg.reference}; compare rows of the same split")
-        lo, hi = percentile_interval(bootstrap_miou(other["clips"]["iou_sum"], other["clips"]["count"],
-                                                    cfg.resamples, cfg.seed))
-        d_lo, d_hi = result["difference_ci95"]
+        (lo, hi), (d_lo, d_hi) = result["miou_ci95"], result["difference_ci95"]
         share, share_ci = result["share"], result["share_ci95"]
         table.add_row(other.get("name") or str(path), f"{100 * other['miou']:.2f}", f"{100 * lo:.2f} .. {100 * hi:.2f}",
                       f"{100 * result['difference']:+.2f}", f"{100 * d_lo:+.2f} .. {100 * d_hi:+.2f}",
                       "–" if share is None else f"{100 * share:.1f}%",
                       "–" if share_ci is None else f"{100 * share_ci[0]:.1f}% .. {100 * share_ci[1]:.1f}%")
-        rows.append({"path": str(path), "miou": other["miou"], "miou_ci95": [lo, hi], **result})
+        rows.append({"path": str(path), **result})
     CONSOLE.print(table)
     return rows
