@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from pcas_cli.errors import PcasError
 from pcas_cli.models import (
     AUDIO_PRESETS,
     AudioEncoder,
+    ClassAttentionHead,
     ProjectionHead,
     SegmentationModel,
     build_audio_encoder,
@@ -316,6 +318,38 @@ def test_per_second_input_norm_ignores_level_and_keeps_padding_silent() -> None:
         AudioEncoder(3, input_norm="clip", **kw)
 
 
+def test_class_attention_head_hand_values() -> None:
+    """Each class averages its own patch logits with its own softmax weights over the patches."""
+    head = ClassAttentionHead(embed_dim=2, num_classes=2)
+    with torch.no_grad():
+        head.classify.weight.copy_(torch.eye(2))  # l_{p,c} = x_{p,c}
+        head.classify.bias.zero_()
+        head.attend.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 0.0]]))  # s_{p,0} = x_{p,0}; s_{p,1} = 0
+        head.attend.bias.zero_()
+    patches = torch.tensor([[[0.0, 2.0], [math.log(3.0), 4.0]]])  # (1, P=2, D=2)
+    # class 0: weights softmax(0, log 3) = (1/4, 3/4), logits (0, log 3); class 1: uniform weights, logits (2, 4)
+    expected = torch.tensor([[0.75 * math.log(3.0), 3.0]])
+    torch.testing.assert_close(head(patches), expected)
+
+
+def test_attention_head_pool_keeps_the_mean_token() -> None:
+    """head_pool="attention" changes only how logits are pooled: a_t is still the mean patch token, and a class
+    heard in one patch is not averaged away by the others."""
+    kw = dict(embed_dim=16, depth=1, num_heads=2, n_mels=N_MELS, frames_per_second=FPS, context="second")
+    mean, attention = AudioEncoder(3, **kw).eval(), AudioEncoder(3, head_pool="attention", **kw).eval()
+    trunk = {k: v for k, v in mean.state_dict().items() if not k.startswith("head.")}
+    assert not attention.load_state_dict(trunk, strict=False).unexpected_keys
+    assert isinstance(attention.head, ClassAttentionHead)
+    fbank = torch.randn(2, 3, FPS, N_MELS)
+    out = attention(fbank)
+    torch.testing.assert_close(out.tokens, mean(fbank).tokens)  # same trunk, same initialisation
+    assert out.logits.shape == (2, 3, 3) and torch.isfinite(out.logits).all()
+    out.logits.sum().backward()
+    assert attention.head.attend.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="head_pool"):
+        AudioEncoder(3, head_pool="max", **kw)
+
+
 def test_conv_stem_rejects_overlap_and_unknown_stems() -> None:
     with pytest.raises(ValueError, match="non-overlapping"):
         AudioEncoder(3, embed_dim=16, depth=1, num_heads=2, patch_stride=(10, 10), stem="conv")
@@ -439,3 +473,16 @@ def test_tvp_with_each_backbone(backbone: str, kwargs: dict, with_prompt: bool) 
         assert torch.equal(layout.prompt_index + 1, layout.patch_index[:, 0])
     else:
         assert layout.prompt_index is None
+
+
+def test_audio_architecture_fills_fields_older_checkpoints_lack() -> None:
+    """A teacher saved before `stem` / `input_norm` / `head_pool` existed matches a student built with their
+    defaults, and not one built with another value."""
+    from pcas_cli.stages._common import audio_architecture
+
+    old = {"num_classes": 3, "n_mels": 128, "frames_per_second": 100, "max_seconds": 5, "tvp": False,
+           "audio": {"embed_dim": 16, "depth": 1, "num_heads": 2, "patch_stride": [16, 16], "context": "second"}}
+    new = {**old, "audio": {**old["audio"], "stem": "patch", "input_norm": "none", "head_pool": "mean"}}
+    assert audio_architecture(old) == audio_architecture(new)
+    other = {**old, "audio": {**old["audio"], "head_pool": "attention"}}
+    assert audio_architecture(old) != audio_architecture(other)

@@ -265,7 +265,10 @@ def test_diagnose_reports_listener_heard_frames_and_probe(run_dir: Path) -> None
     assert [h["threshold"] for h in report["heard"]] == [0.3, 0.5, 0.7]
     shares = [h["frames_heard"] for h in report["heard"]]
     assert shares == sorted(shares, reverse=True)  # a higher threshold never hears more
-    assert report["probe"]["steps"] == 3 and 0.0 <= report["probe"]["val_map"] <= 1.0
+    probe = report["probe"]
+    assert probe["steps"] == 3 and 0.0 <= probe["val_map"] <= 1.0
+    for split in ("train", "val"):  # the probe's seconds split by how many classes sound, and none lost
+        assert sum(g["seconds"] for g in probe[f"{split}_by_sources"].values()) == probe["seconds"][split]
     assert report["listener"] == "tvp x ast" and set(report["listener_ids"]) == {"ckpt/tvp.pt", "ckpt/ast.pt"}
     assert 0.0 <= report["val"]["exact_set"] <= 1.0 and 0.0 <= report["val"]["silent_heard"] <= 1.0
 

@@ -6,7 +6,8 @@ no overlap). Tokens get a learned (freq, time) position embedding shared by all 
 the second they belong to. TVP inserts the visual pooled patch token v_t of frame t, projected into the audio width,
 as one prompt token beside second t's audio tokens: after the prefix (cls) token and after the position embedding is
 added, the slot VPT uses (method-facts §6, "Prompt slot"). The per-second output a_t is the mean of second t's audio
-patch tokens after the final norm; a linear head on a_t classifies that second.
+patch tokens after the final norm; a linear head on a_t classifies that second (`head_pool="mean"`), or, with
+`head_pool="attention"`, each class pools its own patches (decision-level attention, see `ClassAttentionHead`).
 """
 
 from __future__ import annotations
@@ -137,6 +138,30 @@ class TimmStem(nn.Module):
         return self.proj(feats)
 
 
+class ClassAttentionHead(nn.Module):
+    """Per-class attention pooling of one second's patch logits (decision-level attention of weakly labelled sound
+    event detection, Kong et al. 2019; beyond the paper, results/avdigits-diagnostics.md).
+
+    A linear head on the mean patch token sees one average of everything sounding in the second; when two words are
+    spoken over each other their patches are averaged into one vector. Here every patch p gets class logits l_{p,c}
+    and attention scores s_{p,c}, and class c's logit is the attention-weighted mean of its patch logits:
+
+        logit_c = sum_p softmax_p(s_{p,c}) * l_{p,c}
+
+    so each class can read the time-frequency patches where it is loudest, independently of the other classes.
+    """
+
+    def __init__(self, embed_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.classify = nn.Linear(embed_dim, num_classes)
+        self.attend = nn.Linear(embed_dim, num_classes)
+
+    def forward(self, patches: Tensor) -> Tensor:
+        """(..., P, D) patch tokens -> (..., C) logits."""
+        weights = self.attend(patches).softmax(dim=-2)  # (..., P, C), sums to 1 over patches
+        return (weights * self.classify(patches)).sum(dim=-2)
+
+
 class AudioEncoder(nn.Module):
     """AST-style transformer classifying each second of a clip, optionally prompted by the visual token of its frame.
 
@@ -161,13 +186,15 @@ class AudioEncoder(nn.Module):
             each second on its own (mean and std over its frames and mel bins), like per-utterance normalisation in
             speech recognition: it removes the clip's noise level and recording gain, which otherwise dominate the
             input when a from-scratch encoder has little data (AV-Digits: SNR 5-20 dB, levels vary per speaker).
+        head_pool: "mean" = a linear head on a_t; "attention" = `ClassAttentionHead` on the second's patch tokens.
+            a_t (the token CMC aligns) is the mean patch token either way.
     """
 
     def __init__(self, num_classes: int, embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
                  n_mels: int = 128, frames_per_second: int = 100, patch_stride: tuple[int, int] = (16, 16),
                  visual_dim: int | None = None, max_seconds: int = 10, context: Context = "clip",
                  mlp_ratio: float = 4.0, drop_path: float = 0.0, patch_size: int = 16, stem: str = "patch",
-                 input_norm: str = "none") -> None:
+                 input_norm: str = "none", head_pool: str = "mean") -> None:
         super().__init__()
         if context not in ("clip", "second"):
             raise ValueError(f"context must be 'clip' or 'second', got {context!r}")
@@ -207,7 +234,11 @@ class AudioEncoder(nn.Module):
         self.blocks = nn.ModuleList(
             Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, drop_path=r) for r in rates)
         self.norm = nn.LayerNorm(embed_dim)
-        self.head = nn.Linear(embed_dim, num_classes)
+        if head_pool not in ("mean", "attention"):
+            raise ValueError(f"head_pool must be 'mean' or 'attention', got {head_pool!r}")
+        self.head_pool = head_pool
+        self.head: nn.Module = (nn.Linear(embed_dim, num_classes) if head_pool == "mean"
+                                else ClassAttentionHead(embed_dim, num_classes))
         self.weights_report: LoadReport | None = None
         self._init_weights()
 
@@ -312,7 +343,8 @@ class AudioEncoder(nn.Module):
         else:
             patches = seq[:, layout.patch_index[0, 0]:].reshape(b, t, self.num_patches, -1)  # (B, T, P, D)
         tokens = patches.mean(dim=2)  # (B, T, D): a_t, the pooled audio patch token
-        return AudioOutput(tokens=tokens, logits=self.head(tokens))
+        logits = self.head(tokens if self.head_pool == "mean" else patches)  # (B, T, C)
+        return AudioOutput(tokens=tokens, logits=logits)
 
 
 def _fit_grid(grid_pos: Tensor, size: tuple[int, int]) -> Tensor:

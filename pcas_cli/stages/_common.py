@@ -39,6 +39,7 @@ class AudioModelConfig:
     stem: str = "patch"  # "patch": AST's 16x16 patch convolution; "conv": early convolutions (models.audio.ConvStem);
     # "timm:<model>": a timm CNN's stride-16 feature map on the same token grid, e.g. "timm:resnet18" (TimmStem)
     input_norm: str = "none"  # "none": fbank as extracted (AST normalisation); "second": standardise each second
+    head_pool: str = "mean"  # "mean": linear head on the mean patch token; "attention": per-class attention over patches
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,7 @@ def build_audio(spec: dict[str, Any]) -> nn.Module:
                         n_mels=spec["n_mels"], frames_per_second=spec["frames_per_second"],
                         patch_stride=tuple(a["patch_stride"]), visual_dim=spec["visual_dim"] if spec["tvp"] else None,
                         max_seconds=spec["max_seconds"], context=a["context"], stem=a.get("stem", "patch"),
-                        input_norm=a.get("input_norm", "none"))
+                        input_norm=a.get("input_norm", "none"), head_pool=a.get("head_pool", "mean"))
 
 
 def data_spec(features: ArtifactReader) -> dict[str, Any]:
@@ -181,9 +182,11 @@ def base_spec(features: ArtifactReader, visual: VisualModelConfig) -> dict[str, 
 def audio_architecture(spec: dict[str, Any]) -> dict[str, Any]:
     """The part of a listener's model_spec that `build_audio` reads: two listeners with equal architectures can
     exchange weights (a teacher and its student)."""
-    keys = ("num_classes", "n_mels", "frames_per_second", "max_seconds", "audio", "tvp") + (
+    keys = ("num_classes", "n_mels", "frames_per_second", "max_seconds", "tvp") + (
         ("visual_dim",) if spec["tvp"] else ())
-    return {k: spec[k] for k in keys}
+    # Fields added later default as `build_audio` reads them, so older checkpoints still match their students.
+    audio = {"stem": "patch", "input_norm": "none", "head_pool": "mean", **spec["audio"]}
+    return {**{k: spec[k] for k in keys}, "audio": audio}
 
 
 def load_weights(path: Path, stage: str | tuple[str, ...]) -> dict[str, Any]:

@@ -213,9 +213,11 @@ def probe_report(cfg: DiagnoseConfig, device: torch.device, split_targets: Targe
 
     train_probe(model, batch, cfg.probe_steps, cfg.probe_lr, weight_decay=0.01, pct_start=0.05,
                 what="probe (per-second labels)")
+    scores = {"train": (_probe_scores(model, x_tr, device), y_tr.numpy()),
+              "val": (_probe_scores(model, x_va, device), y_va.numpy())}
     return {"steps": cfg.probe_steps, "audio": to_dict(cfg.audio), "seconds": {"train": len(x_tr), "val": len(x_va)},
-            "train_map": mean_average_precision(_probe_scores(model, x_tr, device), y_tr.numpy()),
-            "val_map": mean_average_precision(_probe_scores(model, x_va, device), y_va.numpy()),
+            **{f"{s}_map": mean_average_precision(*scores[s]) for s in scores},
+            **{f"{s}_by_sources": set_accuracy_by_sources(*scores[s]) for s in scores},
             "chance_map": chance_map(y_va.numpy().astype(bool))}
 
 
@@ -301,6 +303,8 @@ def print_report(report: dict[str, Any]) -> None:
         p = report["probe"]
         table.add_row(f"probe: per-second supervised encoder, {p['steps']} steps", f"{p['train_map']:.3f}",
                       f"{p['val_map']:.3f}", f"{p['chance_map']:.3f}")
+        table.add_row("probe: exact set in one-source / overlapped seconds (true classes ranked first)",
+                      *(_sources_cell(p[f"{s}_by_sources"]) for s in ("train", "val")), "")
     if "visual_probe" in report:
         p = report["visual_probe"]
         table.add_row(f"visual probe {p['backbone']}, {p['steps']} steps: mAP vs visible classes", "",
