@@ -17,7 +17,7 @@ LAYOUTS := avss s4 ms3
 # Wall time and peak memory of every pcas command go here (read by `pcas report`).
 export PCAS_TIMINGS := $(abspath data/timings.jsonl)
 
-.PHONY: help install test test-slow reproduce reproduce-ablations reproduce-seg results bench bench-avdigits clean-runs
+.PHONY: help install lock test test-slow reproduce reproduce-ablations reproduce-seg results bench bench-avdigits clean-runs
 .DELETE_ON_ERROR:
 .SECONDARY:
 
@@ -30,14 +30,21 @@ help:
 	@echo "make bench                speed / memory benchmarks -> results/bench.md"
 	@echo "make bench-avdigits       the AV-Digits benchmark (MNIST + FSDD from ../shared/data) -> results/avdigits.md"
 
-# torch/torchvision/torchaudio versions are pinned in pyproject.toml (the combination known to work here).
-$(STAMP): pyproject.toml
+# torch/torchvision/torchaudio versions are pinned in pyproject.toml (the combination known to work here), and
+# constraints.txt holds the exact version of every dependency where results/ were last measured: a fresh machine
+# installs the same libraries. (Resolved anew, the same seed and data gave other numbers: the Looking encoder's val
+# mAP 0.607 vs 0.565, results/avdigits-diagnostics.md.) `make lock` rewrites it from this .venv.
+CONSTRAINTS := constraints.txt
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e '.[test]'
 	touch $@
 
 install: $(STAMP)
+
+lock: $(STAMP)
+	$(BIN)/pip freeze --exclude-editable > $(CONSTRAINTS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -17,7 +17,7 @@ MAKE_VARS = (f"PY={sys.executable}",)
 
 def _up_to_date_tree(tmp_path: Path, target: str) -> None:
     """A copy of the project's Makefile and stages/ in which every artifact of `target` is up to date."""
-    for name in ("Makefile", "pyproject.toml"):
+    for name in ("Makefile", "pyproject.toml", "constraints.txt"):
         shutil.copy(ROOT / name, tmp_path / name)
     shutil.copytree(ROOT / "stages", tmp_path / "stages")
     # `make -t` marks every artifact up to date without running anything (except the `+` preset-section recipes),
