@@ -29,11 +29,10 @@ help:
 	@echo "make test                 the test suite (fast part);  make test-slow: heavier tests"
 	@echo "make bench                speed / memory benchmarks -> results/bench.md"
 	@echo "make bench-avdigits       the AV-Digits benchmark (MNIST + FSDD from ../shared/data) -> results/avdigits.md"
+	@echo "make lock                 rewrite constraints.txt (exact dependency versions) from .venv"
 
-# torch/torchvision/torchaudio versions are pinned in pyproject.toml (the combination known to work here), and
-# constraints.txt holds the exact version of every dependency where results/ were last measured: a fresh machine
-# installs the same libraries. (Resolved anew, the same seed and data gave other numbers: the Looking encoder's val
-# mAP 0.607 vs 0.565, results/avdigits-diagnostics.md.) `make lock` rewrites it from this .venv.
+# torch/torchvision/torchaudio are pinned in pyproject.toml (the combination known to work here); constraints.txt
+# holds the exact version of every dependency where results/ were last measured (why: README, Development).
 CONSTRAINTS := constraints.txt
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
