@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from pcas_cli.artifacts import ArtifactWriter
+from pcas_cli.errors import PcasError
 from pcas_cli.stages.report import README_END, README_START, ReportConfig, run
 
 
@@ -106,8 +109,10 @@ def test_tables_and_readme_block(tmp_path: Path, monkeypatch) -> None:
     assert data["table2"]["supervised_val_curve"] == [0.2, 0.3, 0.32]
     readme = (tmp_path / "README.md").read_text()
     assert readme.startswith("intro\n") and readme.endswith("outro\n") and "old" in readme  # prefix x: untouched
+    _metrics(runs / "synth-s4/metrics/pcas.json", 0.5, 0.6)
     run(ReportConfig(runs=runs, out=tmp_path / "results", prefix="synth", timings=timings))
     readme = (tmp_path / "README.md").read_text()
+    assert "| PCAS | 60.00 | 50.00 | – | – |" in readme and "Table 2" not in readme  # no AVSS run: no table
     assert "old" not in readme and readme.startswith("intro\n") and readme.endswith("outro\n")
     (tmp_path / "README.md").write_text("a\n<!-- results-x:start -->\nstale\n<!-- results-x:end -->\nb\n")
     run(ReportConfig(runs=runs, out=tmp_path / "results", prefix="x", timings=timings))
@@ -167,3 +172,15 @@ def test_table4_over_seeds_gives_mean_std_and_removal_gains(tmp_path: Path) -> N
     assert "| x-avss | `refine --name refine-cmc` | 10.0 | 910 |" in lines
     assert "| x-avss | 2 commands of the extra Table 4 seeds | 16.0 | 911 |" in lines
     assert not any("refine-cmc-s1" in line for line in lines)
+
+
+def test_refuses_a_folder_without_the_run_family_and_leaves_the_readme_alone(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    block = f"intro\n{README_START}\nmeasured tables\n{README_END}\n"
+    (tmp_path / "README.md").write_text(block)
+    _metrics(tmp_path / "runs/avdigits-avss/metrics/pcas.json", 0.4, 0.5)  # another family's run
+    with pytest.raises(PcasError, match="no such runs folder"):
+        run(ReportConfig(runs=tmp_path / "nope", out=tmp_path / "results"))
+    with pytest.raises(PcasError, match="no synth-\\* run has metrics"):
+        run(ReportConfig(runs=tmp_path / "runs", out=tmp_path / "results"))
+    assert (tmp_path / "README.md").read_text() == block and not (tmp_path / "results").exists()

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from pcas_cli.console import CONSOLE
+from pcas_cli.errors import PcasError
 from pcas_cli.metrics import BOOTSTRAP_RESAMPLES
 from pcas_cli.stages.compare import compare
 from pcas_cli.writing import write_json, write_text
@@ -116,6 +117,8 @@ def table2(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
         lines.append(f"| {setting} | {label} | {_pct(m['fscore'])} | {_pct(m['miou'])} | "
                      f"{'–' if ci is None else f'{_pct(ci[0])} .. {_pct(ci[1])}'} | "
                      f"{_pct(m.get('miou_present'))} | {'–' if rel is None else f'{100 * rel:.1f}%'} |")
+    if not found:
+        return [], {}
     comparisons, data["paired"] = paired_comparisons(found)
     if comparisons:
         lines += ["", comparisons]
@@ -219,7 +222,8 @@ def table3(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
             round_ += 1
     for stem, label in (*TABLE3_LISTENERS, TABLE3_COMBINED):
         row(stem, label)
-    return lines, data
+    heard_any = any(m is not None for scores in data.values() for m in scores.values())
+    return (lines, data) if heard_any else ([], {})
 
 
 def listener_scores(runs: Path, run: str, stem: str) -> dict[str, Any] | None:
@@ -562,7 +566,18 @@ def _overlay(frame: np.ndarray, colours: np.ndarray, mask: np.ndarray, alpha: fl
     return out.astype(np.uint8)
 
 
+def check_runs(cfg: ReportConfig) -> None:
+    """Refuse to write a report (and blank the README's tables) from a folder holding nothing of this run family."""
+    runs = Path(cfg.runs)
+    if not runs.is_dir():
+        raise PcasError(f"{runs}: no such runs folder (pass --runs, the folder holding the run folders)")
+    if not any(runs.glob(f"{cfg.prefix}-*/metrics/*.json")):
+        raise PcasError(f"{runs}: no {cfg.prefix}-* run has metrics yet (run `pcas eval` first, or pass the right "
+                        "--runs / --prefix)")
+
+
 def run(cfg: ReportConfig) -> Path:
+    check_runs(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     sections: list[str] = []
@@ -584,7 +599,7 @@ def run(cfg: ReportConfig) -> Path:
     ):
         lines, values = fn(cfg)
         data[key] = values
-        if lines:
+        if lines and values:  # a table with no row is left out
             sections.append(f"#### {title}\n\n" + "\n".join(lines))
     for failures, title in ((False, "Typical test frames (AVSS-layout test split)"),
                             (True, "Failures: test frames where the listener hears the wrong set of classes")):
