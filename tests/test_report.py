@@ -184,3 +184,23 @@ def test_refuses_a_folder_without_the_run_family_and_leaves_the_readme_alone(tmp
     with pytest.raises(PcasError, match="no synth-\\* run has metrics"):
         run(ReportConfig(runs=tmp_path / "runs", out=tmp_path / "results"))
     assert (tmp_path / "README.md").read_text() == block and not (tmp_path / "results").exists()
+
+
+def test_the_bound_with_the_crf_is_pcas_crf_like_for_like_reference(tmp_path: Path, monkeypatch) -> None:
+    runs = tmp_path / "runs"
+    _metrics(runs / "x-avss/metrics/supervised.json", 0.4, 0.45, clip_iou=[0.4, 0.4])
+    _metrics(runs / "x-avss/metrics/supervised-crf.json", 0.5, 0.55, clip_iou=[0.5, 0.5])
+    _metrics(runs / "x-avss/metrics/pcas-crf.json", 0.35, 0.4, clip_iou=[0.35, 0.35])
+    monkeypatch.chdir(tmp_path)
+    text = run(ReportConfig(runs=runs, out=tmp_path / "results", prefix="x", timings=tmp_path / "none.jsonl",
+                            update_readme=False)).read_text()
+    bound = "| Fully supervised | same backbone + FPN decoder + audio gate (upper bound) |"
+    with_crf = "| Fully supervised | upper bound + CRF (PCAS + CRF's like-for-like reference) | 55.00 | 50.00 |"
+    assert bound in text and with_crf in text and text.index(bound) < text.index(with_crf)
+    # the "% of upper bound" column stays relative to the bound without a CRF (as the paper's tables); the paired
+    # paragraph gives PCAS + CRF's share of both bounds
+    assert "| Weakly supervised | PCAS + CRF | 40.00 | 35.00 | 35.00 .. 35.00 | 35.00 | 87.5% |" in text
+    assert "PCAS + CRF / the upper bound 87.5% (87.5% .. 87.5%)" in text
+    assert "PCAS + CRF / the upper bound + CRF 70.0% (70.0% .. 70.0%)" in text
+    assert json.loads((tmp_path / "results/x.json").read_text())["table2"]["paired"]["pcas-crf/supervised-crf"] \
+        == {"value": pytest.approx(0.7), "ci95": [pytest.approx(0.7), pytest.approx(0.7)]}
