@@ -107,16 +107,18 @@ $(RUNS)/%/ckpt/refine.pt: $(RUNS)/%/ckpt/align.pt $$(call stage_cfg,$$*,refine)
 	$(PCAS) refine --run $(RUNS)/$* $(PRESET)
 
 # PCAS masks: threshold chosen on val, then test; dense CRF on test (its kernel chosen on val: stages/crf.toml).
+# CRF: the dense CRF of the first prerequisite's predictions into the target, on the same split's frames.
+CRF = $(PCAS) crf --features $(RUNS)/$*/features/$(notdir $@) --predictions $< --out $@
 $(RUNS)/%/pseudo/val.h5: $(RUNS)/%/ckpt/refine.pt $$(call stage_cfg,$$*,pseudo-label)
 	$(PCAS) pseudo-label --run $(RUNS)/$* --split val $(PRESET)
 $(RUNS)/%/pseudo/test.h5: $(RUNS)/%/pseudo/val.h5
 	$(PCAS) pseudo-label --run $(RUNS)/$* --split test $(PRESET)
 $(RUNS)/%/crf/test.h5: $(RUNS)/%/pseudo/test.h5 stages/crf.toml
-	$(PCAS) crf --features $(RUNS)/$*/features/test.h5 --predictions $< --out $@
+	$(CRF)
 # The same CRF (kernel chosen on the CAM baseline's own val predictions) on the CAM baseline: is PCAS's gain more
 # than what the CRF alone adds?
 $(RUNS)/%/baselines/cam-crf/test.h5: $(RUNS)/%/baselines/cam/test.h5 stages/crf.toml
-	$(PCAS) crf --features $(RUNS)/$*/features/test.h5 --predictions $< --out $@
+	$(CRF)
 
 # Baselines in the same pipeline and backbone (paper Table 1): visual-only CAM, audio-visual similarity map.
 $(RUNS)/%/baselines/cam/val.h5: $(RUNS)/%/ckpt/visual.pt $$(call stage_cfg,$$*,pseudo-label)
@@ -137,14 +139,14 @@ $(RUNS)/%/supervised/test.h5: $(FEATS) $$(call stage_cfg,$$*,train-supervised)
 	$(PCAS) train-supervised --run $(RUNS)/$* $(PRESET)
 # The same CRF on the bound (kernel chosen on the bound's own val predictions): PCAS + CRF's like-for-like reference.
 $(RUNS)/%/supervised-crf/test.h5: $(RUNS)/%/supervised/test.h5 stages/crf.toml
-	$(PCAS) crf --features $(RUNS)/$*/features/test.h5 --predictions $< --out $@
+	$(CRF)
 
 # Final segmentation network (pcas train-seg, as ToCo / WS-AVS): the upper bound's recipe trained on the train
 # split's PCAS pseudo-labels (listener classes intersected with the video labels, then the dense CRF).
 $(RUNS)/%/pseudo/train.h5: $(RUNS)/%/pseudo/val.h5
 	$(PCAS) pseudo-label --run $(RUNS)/$* --split train $(PRESET)
 $(RUNS)/%/crf/train.h5: $(RUNS)/%/pseudo/train.h5 stages/crf.toml
-	$(PCAS) crf --features $(RUNS)/$*/features/train.h5 --predictions $< --out $@
+	$(CRF)
 $(RUNS)/%/seg/test.h5: $(RUNS)/%/crf/train.h5 $$(call stage_cfg,$$*,train-seg)
 	$(PCAS) train-seg --run $(RUNS)/$* $(PRESET)
 
