@@ -99,8 +99,15 @@ $(RUNS)/%/ckpt/tvp.pt: $(RUNS)/%/ckpt/visual.pt $$(call stage_cfg,$$*,train-tvp)
 $(RUNS)/%/ckpt/ast.pt: $(FEATS) $$(call stage_cfg,$$*,train-tvp)
 	$(PCAS) train-tvp --run $(RUNS)/$* --no-tvp $(PRESET)
 
-# align, refine and pseudo-label hear with tvp.pt confirmed by the audio-only ast.pt (co_listener in their configs).
-$(RUNS)/%/ckpt/align.pt: $(RUNS)/%/ckpt/tvp.pt $(RUNS)/%/ckpt/ast.pt $$(call stage_cfg,$$*,align)
+# The listeners align, refine, pseudo-label and diagnose hear with (`listener`, `co_listener` in their configs): tvp.pt
+# confirmed by the audio-only ast.pt, unless the run's preset names others (LISTENERS_<preset>, which must match the
+# preset's sections: tests/test_makefile.py checks it). Only those are prerequisites, so retraining a listener the
+# masks do not hear with reruns nothing downstream.
+LISTENERS := tvp ast
+LISTENERS_avdigits := ast
+listeners = $(foreach l,$(or $(LISTENERS_$(call dataset,$(1))),$(LISTENERS)),$(RUNS)/$(1)/ckpt/$(l).pt)
+
+$(RUNS)/%/ckpt/align.pt: $$(call listeners,$$*) $$(call stage_cfg,$$*,align)
 	$(PCAS) align --run $(RUNS)/$* $(PRESET)
 
 $(RUNS)/%/ckpt/refine.pt: $(RUNS)/%/ckpt/align.pt $$(call stage_cfg,$$*,refine)
@@ -182,13 +189,15 @@ $(RUNS)/%/metrics/seg.json: $(RUNS)/%/seg/test.h5 stages/eval.toml
 $(RUNS)/%/metrics/oracle-listener.json: $(RUNS)/%/oracle-listener/test.h5 stages/eval.toml
 	$(EVAL) --name "PCAS with the true sounding classes (oracle listener)"
 
-# What align / refine / pseudo-label hear (tvp.pt confirmed by ast.pt), per second on val: Table 3's last row.
-$(RUNS)/%/metrics/listeners.json: $(RUNS)/%/ckpt/tvp.pt $(RUNS)/%/ckpt/ast.pt $$(call stage_cfg,$$*,diagnose)
+# What align / refine / pseudo-label hear ($(LISTENERS) unless the preset says otherwise), per second on val: Table 3's
+# last row.
+$(RUNS)/%/metrics/listeners.json: $$(call listeners,$$*) $$(call stage_cfg,$$*,diagnose)
 	$(PCAS) diagnose --run $(RUNS)/$* --set out=listeners $(PRESET)
 
 # "visible" needs the generator's visible-object maps, which only the AVSS layout stores.
 WEAK_METRICS = pcas pcas-crf cam cam-crf similarity background listeners
-run_metrics = $(foreach m,$(2),$(RUNS)/$(1)/metrics/$(m).json) $(RUNS)/$(1)/ckpt/ast.pt
+# Table 3 compares the two listeners, whichever the masks hear with.
+run_metrics = $(foreach m,$(2),$(RUNS)/$(1)/metrics/$(m).json) $(RUNS)/$(1)/ckpt/ast.pt $(RUNS)/$(1)/ckpt/tvp.pt
 
 REPRODUCE = $(call run_metrics,synth-s4,$(WEAK_METRICS)) $(call run_metrics,synth-ms3,$(WEAK_METRICS)) \
             $(call run_metrics,synth-avss,$(WEAK_METRICS) visible supervised supervised-crf oracle-listener)
@@ -205,7 +214,7 @@ reproduce-seg: $(REPRODUCE) $(RUNS)/synth-avss/metrics/seg.json
 # (CMPC / CMCC on or off); with a module off only the classification loss trains. So rows differ in their modules,
 # not in their training length (the full PCAS row is align.pt -> refine.pt). align-nocmc.pt is the align stage
 # without CMC.
-$(RUNS)/%/ckpt/align-nocmc.pt: $(RUNS)/%/ckpt/tvp.pt $(RUNS)/%/ckpt/ast.pt $$(call stage_cfg,$$*,align)
+$(RUNS)/%/ckpt/align-nocmc.pt: $$(call listeners,$$*) $$(call stage_cfg,$$*,align)
 	$(PCAS) align --run $(RUNS)/$* --name align-nocmc --no-cmc $(PRESET)
 # refine variants: name -> the checkpoint it starts from, and its module flags
 ABL_INIT_none = align-nocmc
@@ -228,9 +237,9 @@ ABL_FLAGS_cmc-cmcc = --cmc --no-cmpc --cmcc
 TABLE4_SEEDS ?= 0
 EXTRA_SEEDS = $(filter-out 0,$(TABLE4_SEEDS))
 define SEEDED_ALIGN
-$$(RUNS)/%/ckpt/align-s$(1).pt: $$(RUNS)/%/ckpt/tvp.pt $$(RUNS)/%/ckpt/ast.pt $$$$(call stage_cfg,$$$$*,align)
+$$(RUNS)/%/ckpt/align-s$(1).pt: $$$$(call listeners,$$$$*) $$$$(call stage_cfg,$$$$*,align)
 	$$(PCAS) align --run $$(RUNS)/$$* --name align-s$(1) --seed $(1) $$(PRESET)
-$$(RUNS)/%/ckpt/align-nocmc-s$(1).pt: $$(RUNS)/%/ckpt/tvp.pt $$(RUNS)/%/ckpt/ast.pt $$$$(call stage_cfg,$$$$*,align)
+$$(RUNS)/%/ckpt/align-nocmc-s$(1).pt: $$$$(call listeners,$$$$*) $$$$(call stage_cfg,$$$$*,align)
 	$$(PCAS) align --run $$(RUNS)/$$* --name align-nocmc-s$(1) --no-cmc --seed $(1) $$(PRESET)
 $$(RUNS)/%/ckpt/refine-s$(1).pt: $$(RUNS)/%/ckpt/align-s$(1).pt $$$$(call stage_cfg,$$$$*,refine)
 	$$(PCAS) refine --run $$(RUNS)/$$* --name refine-s$(1) --init align-s$(1) --seed $(1) $$(PRESET)
@@ -248,7 +257,7 @@ $(foreach s,$(EXTRA_SEEDS),$(foreach v,$(REFINE_VARIANTS),$(eval $(call REFINE_V
 # Table 4 row -> weights (all = refine.pt); "plain" is a reference outside the table's design: the Looking encoder
 # as train-visual left it, with no align / refine training at all.
 define ABLATION_ROW
-$$(RUNS)/%/ablations/$(1)/val.h5: $$(RUNS)/%/ckpt/$(2).pt $$(RUNS)/%/ckpt/tvp.pt $$(RUNS)/%/ckpt/ast.pt \
+$$(RUNS)/%/ablations/$(1)/val.h5: $$(RUNS)/%/ckpt/$(2).pt $$$$(call listeners,$$$$*) \
 		$$$$(call stage_cfg,$$$$*,pseudo-label)
 	$$(PCAS) pseudo-label --run $$(RUNS)/$$* --split val --weights $(2) --out ablations/$(1) $$(PRESET)
 $$(RUNS)/%/ablations/$(1)/test.h5: $$(RUNS)/%/ablations/$(1)/val.h5

@@ -130,3 +130,44 @@ def test_extra_table4_seeds_train_every_row_again_with_their_seed(tmp_path: Path
     assert sorted(evals) == sorted(f"{a}-s1" for a in ("none", "cmc", "cmpc", "cmcc", "cmpc-cmcc", "cmc-cmpc",
                                                         "cmc-cmcc", "all"))
     assert "--seed 0" not in out and "plain-s1" not in out
+
+
+LISTENING_STAGES = ("align", "refine", "pseudo-label", "diagnose")
+
+
+def _make_listeners(run: str) -> list[str]:
+    """The listener checkpoints Make lists as prerequisites of run `run`'s align / refine / pseudo-label / diagnose."""
+    out = subprocess.run(["make", "-s", *MAKE_VARS, "--eval", f"print-listeners: ; @echo $(call listeners,{run})",
+                          "print-listeners"], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    return sorted(Path(p).stem for p in out.split())
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make not installed")
+@pytest.mark.parametrize("preset", [None, *sorted(p.stem for p in (ROOT / "stages" / "presets").glob("*.toml"))])
+def test_make_lists_the_listeners_each_preset_hears_with(preset: str | None) -> None:
+    """Make's listener prerequisites (LISTENERS, LISTENERS_<preset>) are what the stages' configs actually load."""
+    from pcas_cli.config import load_config
+    from pcas_cli.stages.align import AlignConfig
+    from pcas_cli.stages.diagnose import DiagnoseConfig
+    from pcas_cli.stages.pseudo_label import PseudoLabelConfig
+    from pcas_cli.stages.refine import RefineConfig
+
+    classes = dict(zip(LISTENING_STAGES, (AlignConfig, RefineConfig, PseudoLabelConfig, DiagnoseConfig)))
+    for stage, cls in classes.items():
+        cfg = load_config(cls, stage, preset=preset)
+        heard = sorted({name for name in (cfg.listener, cfg.co_listener) if name})
+        assert heard == _make_listeners(f"{preset or 'synth'}-avss"), (preset, stage)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make not installed")
+def test_retraining_a_listener_the_masks_do_not_hear_with_reruns_nothing_downstream(tmp_path: Path) -> None:
+    """avdigits runs hear with ast.pt alone: a new tvp.pt reruns Table 3's inputs only; a new ast.pt reruns align on."""
+    _up_to_date_tree(tmp_path, "bench-avdigits")
+    assert _dry_run(tmp_path, "bench-avdigits", "-W", "data/runs/avdigits-avss/ckpt/tvp.pt") == ""
+    out = _dry_run(tmp_path, "bench-avdigits", "-W", "data/runs/avdigits-avss/ckpt/ast.pt")
+    assert "pcas align --run data/runs/avdigits-avss --preset avdigits" in out and "out=listeners" in out
+    # The synthetic runs hear with TVP confirmed by the audio-only listener: a new tvp.pt reruns their align.
+    (tmp_path / "synth").mkdir()
+    _up_to_date_tree(tmp_path / "synth", "reproduce")
+    assert "pcas align --run data/runs/synth-avss" in _dry_run(tmp_path / "synth", "reproduce", "-W",
+                                                                  "data/runs/synth-avss/ckpt/tvp.pt")

@@ -204,3 +204,16 @@ def test_the_bound_with_the_crf_is_pcas_crf_like_for_like_reference(tmp_path: Pa
     assert "PCAS + CRF / the upper bound + CRF 70.0% (70.0% .. 70.0%)" in text
     assert json.loads((tmp_path / "results/x.json").read_text())["table2"]["paired"]["pcas-crf/supervised-crf"] \
         == {"value": pytest.approx(0.7), "ci95": [pytest.approx(0.7), pytest.approx(0.7)]}
+
+
+def test_table3_names_the_listeners_the_masks_hear_with(tmp_path) -> None:
+    """The last Table 3 row follows metrics/listeners.json: TVP x AST by default, AST alone under the avdigits preset."""
+    from pcas_cli.stages.report import heard_row
+
+    cfg = ReportConfig(runs=tmp_path, out=tmp_path / "results", prefix="x")
+    assert heard_row(cfg)[1] == "AST + TVP, confirmed by AST (geometric mean; what PCAS uses)"
+    (tmp_path / "x-avss/metrics").mkdir(parents=True)
+    (tmp_path / "x-avss/metrics/listeners.json").write_text(json.dumps({"listener": "ast", "val": {}}))
+    assert heard_row(cfg) == ("listeners", "AST alone (what PCAS uses)")
+    (tmp_path / "x-avss/metrics/listeners.json").write_text(json.dumps({"listener": "tvp x ast", "val": {}}))
+    assert heard_row(cfg)[1] == "AST + TVP, confirmed by AST (geometric mean; what PCAS uses)"
