@@ -189,8 +189,8 @@ $(RUNS)/%/metrics/seg.json: $(RUNS)/%/seg/test.h5 stages/eval.toml
 $(RUNS)/%/metrics/oracle-listener.json: $(RUNS)/%/oracle-listener/test.h5 stages/eval.toml
 	$(EVAL) --name "PCAS with the true sounding classes (oracle listener)"
 
-# What align / refine / pseudo-label hear (tvp.pt confirmed by ast.pt unless the preset says otherwise), per second on val:
-# Table 3's last row.
+# What align / refine / pseudo-label hear (tvp.pt confirmed by ast.pt unless the preset says otherwise), per second
+# on val: Table 3's last row.
 $(RUNS)/%/metrics/listeners.json: $$(call listeners,$$*) $$(call stage_cfg,$$*,diagnose)
 	$(PCAS) diagnose --run $(RUNS)/$* --set out=listeners $(PRESET)
 

@@ -201,12 +201,18 @@ def bound_convergence_line(curve: list[float]) -> str:
 TABLE3_LISTENERS = (("ast", "AST"), ("tvp", "AST + TVP"))
 
 
+DEFAULT_HEARD = "tvp x ast"  # the stage configs' listener x co_listener, as `pcas diagnose` names them
+
+
 def heard_row(cfg: ReportConfig) -> tuple[str, str]:
     """Table 3's last row, named after the listeners metrics/listeners.json says the masks hear with: TVP confirmed by
     the audio-only listener by default, one listener where a preset says so (the avdigits preset: AST alone)."""
-    names = next((m.get("listener", "tvp x ast") for layout in ("avss", "s4", "ms3")
-                  if (m := metrics_of(cfg.runs, f"{cfg.prefix}-{layout}", "listeners"))), "tvp x ast").split(" x ")
-    readable = [dict(TABLE3_LISTENERS).get(n, n) for n in names]
+    heard = DEFAULT_HEARD
+    for layout in ("avss", "s4", "ms3"):
+        if m := metrics_of(cfg.runs, f"{cfg.prefix}-{layout}", "listeners"):
+            heard = m.get("listener", DEFAULT_HEARD)
+            break
+    readable = [dict(TABLE3_LISTENERS).get(n, n) for n in heard.split(" x ")]
     if len(readable) == 1:
         return "listeners", f"{readable[0]} alone (what PCAS uses)"
     return "listeners", f"{readable[0]}, confirmed by {' and '.join(readable[1:])} (geometric mean; what PCAS uses)"
