@@ -194,10 +194,16 @@ $(RUNS)/%/metrics/oracle-listener.json: $(RUNS)/%/oracle-listener/test.h5 stages
 $(RUNS)/%/metrics/listeners.json: $$(call listeners,$$*) $$(call stage_cfg,$$*,diagnose)
 	$(PCAS) diagnose --run $(RUNS)/$* --set out=listeners $(PRESET)
 
+# Does TVP use what it sees? tvp.pt alone on val, prompted by each clip's own frames and by another clip's: Table 3.
+PROMPT_CHECK = --listener tvp --set 'co_listener=""' --set prompt_check=true --set out=tvp-prompts
+$(RUNS)/%/metrics/tvp-prompts.json: $(RUNS)/%/ckpt/tvp.pt $$(call stage_cfg,$$*,diagnose)
+	$(PCAS) diagnose --run $(RUNS)/$* $(PROMPT_CHECK) $(PRESET)
+
 # "visible" needs the generator's visible-object maps, which only the AVSS layout stores.
 WEAK_METRICS = pcas pcas-crf cam cam-crf similarity background listeners
-# Table 3 compares the two listeners, whichever the masks hear with.
-run_metrics = $(foreach m,$(2),$(RUNS)/$(1)/metrics/$(m).json) $(RUNS)/$(1)/ckpt/ast.pt $(RUNS)/$(1)/ckpt/tvp.pt
+# Table 3 compares the two listeners, whichever the masks hear with, and TVP with another clip's frames.
+run_metrics = $(foreach m,$(2),$(RUNS)/$(1)/metrics/$(m).json) $(RUNS)/$(1)/ckpt/ast.pt \
+              $(RUNS)/$(1)/metrics/tvp-prompts.json
 
 REPRODUCE = $(call run_metrics,synth-s4,$(WEAK_METRICS)) $(call run_metrics,synth-ms3,$(WEAK_METRICS)) \
             $(call run_metrics,synth-avss,$(WEAK_METRICS) visible supervised supervised-crf oracle-listener)

@@ -161,9 +161,11 @@ def test_make_lists_the_listeners_each_preset_hears_with(preset: str | None) -> 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="GNU make not installed")
 def test_retraining_a_listener_the_masks_do_not_hear_with_reruns_nothing_downstream(tmp_path: Path) -> None:
-    """avdigits runs hear with ast.pt alone: a new tvp.pt reruns Table 3's inputs only; a new ast.pt reruns align on."""
+    """avdigits runs hear with ast.pt alone: a new tvp.pt reruns Table 3's prompt check only; a new ast.pt reruns
+    align on."""
     _up_to_date_tree(tmp_path, "bench-avdigits")
-    assert _dry_run(tmp_path, "bench-avdigits", "-W", "data/runs/avdigits-avss/ckpt/tvp.pt") == ""
+    out = _dry_run(tmp_path, "bench-avdigits", "-W", "data/runs/avdigits-avss/ckpt/tvp.pt").splitlines()
+    assert len(out) == 1 and "pcas diagnose --run data/runs/avdigits-avss" in out[0] and "prompt_check=true" in out[0]
     out = _dry_run(tmp_path, "bench-avdigits", "-W", "data/runs/avdigits-avss/ckpt/ast.pt")
     assert "pcas align --run data/runs/avdigits-avss --preset avdigits" in out and "out=listeners" in out
     # The synthetic runs hear with TVP confirmed by the audio-only listener: a new tvp.pt reruns their align.

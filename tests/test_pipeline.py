@@ -273,6 +273,33 @@ def test_diagnose_reports_listener_heard_frames_and_probe(run_dir: Path) -> None
     assert 0.0 <= report["val"]["exact_set"] <= 1.0 and 0.0 <= report["val"]["silent_heard"] <= 1.0
 
 
+def test_prompt_check_scores_tvp_with_its_own_and_another_clips_frames(run_dir: Path) -> None:
+    """Clip i heard with clip i+1's frames as TVP prompts; with its own frames the listener scores as train-tvp
+    scored it; an audio-only listener is refused."""
+    from pcas_cli.stages._common import build_audio_cache, frames_to_tensor, listener, visual_prompts
+
+    feats, cpu = read_features(run_dir / "features/val.h5"), torch.device("cpu")
+    audio, prompt_visual, _ = listener(run_dir / "ckpt/tvp.pt", cpu)
+    own, other = (build_audio_cache(feats, audio, prompt_visual, cpu, prompt_shift=s).probs for s in (0, 1))
+    clip, next_frames = feats.clip(0), feats.read("frames", 1)
+    with torch.no_grad():
+        out = audio(torch.from_numpy(clip["fbank"].astype(np.float32))[None],
+                    visual_prompt=visual_prompts(prompt_visual, frames_to_tensor(next_frames, cpu))[None],
+                    second_valid=torch.from_numpy(clip["frame_valid"])[None])
+    torch.testing.assert_close(other[0], torch.sigmoid(out.logits[0]))
+    assert not torch.allclose(own, other)  # the prompts reach the listener, so the check can fail
+    pcas("diagnose", "--run", str(run_dir), "--device", "cpu", "--listener", "tvp", "--set", 'co_listener=""',
+         "--set", "prompt_check=true", "--set", "out=tvp-prompts")
+    prompts = json.loads((run_dir / "metrics/tvp-prompts.json").read_text())["prompts"]
+    trained = json.loads((run_dir / "metrics/audio-tvp.json").read_text())
+    assert prompts["own"]["map"] == pytest.approx(trained["map"], abs=1e-6)
+    assert prompts["own"]["exact_set"] == pytest.approx(trained["exact_acc"], abs=1e-6)
+    assert 0.0 <= prompts["other_clip"]["map"] <= 1.0
+    with pytest.raises(PcasError, match="hears audio only"):
+        pcas("diagnose", "--run", str(run_dir), "--device", "cpu", "--listener", "ast", "--set", 'co_listener=""',
+             "--set", "prompt_check=true", "--set", "out=ast-prompts")
+
+
 def test_diagnose_visual_probe(run_dir: Path) -> None:
     """The visual probe trains the configured backbone on the visible classes and scores val both ways."""
     pcas("diagnose", "--run", str(run_dir), "--device", "cpu", "--listener", "", "--set", "visual_probe_steps=2",

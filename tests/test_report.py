@@ -217,3 +217,24 @@ def test_table3_names_the_listeners_the_masks_hear_with(tmp_path) -> None:
     assert heard_row(cfg) == ("listeners", "AST alone (what PCAS uses)")
     (tmp_path / "x-avss/metrics/listeners.json").write_text(json.dumps({"listener": "tvp x ast", "val": {}}))
     assert heard_row(cfg)[1] == "AST + TVP, confirmed by AST (geometric mean; what PCAS uses)"
+
+
+def test_table3_shows_tvp_prompted_with_another_clips_frames(tmp_path) -> None:
+    """metrics/tvp-prompts.json (pcas diagnose --set prompt_check=true) adds Table 3's prompt-check row, and the
+    breakdown by sources gets it too; without the file neither has the row."""
+    from pcas_cli.stages.report import listener_sources_table, table3
+
+    cfg = ReportConfig(runs=tmp_path, out=tmp_path / "results", prefix="x")
+    (tmp_path / "x-avss/metrics").mkdir(parents=True)
+    (tmp_path / "x-avss/metrics/audio-tvp.json").write_text(json.dumps({"map": 0.8, "exact_acc": 0.5, "frames": 10}))
+    label = "AST + TVP prompted with another clip's frames (does TVP use what it sees?)"
+    assert not any(label in line for line in table3(cfg)[0] + listener_sources_table(cfg)[0])
+    by_sources = {"silent": {"seconds": 2, "exact": 0.5, "top_n": None},
+                  "one": {"seconds": 5, "exact": 0.4, "top_n": 0.6},
+                  "overlap": {"seconds": 3, "exact": 0.0, "top_n": 0.0}}
+    own = {"map": 0.8, "exact_set": 0.5}
+    other = {"map": 0.55, "exact_set": 0.25, "by_sources": by_sources}
+    (tmp_path / "x-avss/metrics/tvp-prompts.json").write_text(json.dumps(
+        {"val": {"frames": 10}, "prompts": {"listener": "tvp", "own": own, "other_clip": other}}))
+    assert f"| {label} | – | – | – | – | 0.550 | 0.250 |" in table3(cfg)[0]
+    assert f"| {label} | 50.00 | 40.00 | 60.00 | 0.00 | 0.00 | 2 / 5 / 3 |" in listener_sources_table(cfg)[0]

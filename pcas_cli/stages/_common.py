@@ -268,8 +268,11 @@ class AudioCache:
 
 @torch.no_grad()
 def build_audio_cache(features: ArtifactReader, audio: nn.Module, prompt_visual: nn.Module | None,
-                      device: torch.device, desc: str = "listening") -> AudioCache:
-    """Run the frozen TVP audio encoder over every clip (prompts from the frozen Looking encoder when TVP is on)."""
+                      device: torch.device, desc: str = "listening", prompt_shift: int = 0) -> AudioCache:
+    """Run the frozen TVP audio encoder over every clip (prompts from the frozen Looking encoder when TVP is on).
+
+    prompt_shift != 0 is a diagnostic (`pcas diagnose --set prompt_check=true`): clip i is prompted with the frames of
+    clip (i + prompt_shift) mod N, i.e. with another scene, to measure how much the listener uses what it sees."""
     audio = audio.to(device).eval()
     if prompt_visual is not None:
         prompt_visual = prompt_visual.to(device).eval()
@@ -282,7 +285,9 @@ def build_audio_cache(features: ArtifactReader, audio: nn.Module, prompt_visual:
             fbank = torch.from_numpy(clip["fbank"].astype(np.float32)).to(device)[None]
             prompt = None
             if prompt_visual is not None:
-                prompt = visual_prompts(prompt_visual, frames_to_tensor(clip["frames"], device))[None]
+                other = (i + prompt_shift) % len(features)
+                frames = clip["frames"] if other == i else features.read("frames", other)
+                prompt = visual_prompts(prompt_visual, frames_to_tensor(frames, device))[None]
             out = audio(fbank, visual_prompt=prompt, second_valid=valid)
             tokens.append(out.tokens[0].float().cpu())
             probs.append(torch.sigmoid(out.logits[0].float()).cpu())

@@ -15,13 +15,16 @@
 4. Optional probe (`--probe-steps N`): a fresh audio encoder of the configured size trained for N steps on the
    per-second classes of the train masks (full supervision of the audio side alone), scored on val. It asks whether
    the architecture can learn these sounds at all; the weakly supervised listener will not do better.
-5. Optional visual probe (`--set visual_probe_steps=N`, generated data sets with visible-object maps): a fresh
+5. Optional prompt check (`--set prompt_check=true`, a TVP listener): the listener alone on val with each clip's own
+   frames as its prompts, and with the frames of another clip of the split (the next one). A listener that uses
+   what it sees loses mAP when it sees another scene; one that ignores its prompts scores the same both ways.
+6. Optional visual probe (`--set visual_probe_steps=N`, generated data sets with visible-object maps): a fresh
    Looking encoder of the configured backbone (`model`, as train-visual's) trained for N steps on the classes
    *visible* in each train frame (clean frame-level labels, sounding or not), scored on val against the visible
    classes and against the video labels. It asks whether the backbone can learn the objects' appearance at all;
    the weakly supervised Looking encoder learns from noisier labels.
 
-A diagnostic, like scoring: it reads the masks of train (2, 3, 4) and val (1, 4), and the visible maps (5), to
+A diagnostic, like scoring: it reads the masks of train (2, 3, 4) and val (1, 4, 5), and the visible maps (6), to
 measure, and nothing it computes feeds back into the pipeline. Writes <run>/metrics/<out>.json (diagnose.json) and
 prints a table.
 """
@@ -45,9 +48,9 @@ from pcas_cli.losses import IGNORE, patch_labels_from_audio
 from pcas_cli.metrics_cls import mean_average_precision, set_accuracy_by_sources
 from pcas_cli.seed import seed_everything
 from pcas_cli.stages._common import (AudioCache, AudioModelConfig, VisualModelConfig, base_spec, build_audio,
-                                     build_visual, classes_in_masks, frame_classes_from_masks, frames_to_tensor,
-                                     listen, listener_names, open_features, resolve_device, run_paths, second_targets,
-                                     stage_config, visual_from_checkpoint)
+                                     build_audio_cache, build_visual, classes_in_masks, frame_classes_from_masks,
+                                     frames_to_tensor, listen, listener, listener_names, open_features,
+                                     resolve_device, run_paths, second_targets, stage_config, visual_from_checkpoint)
 from pcas_cli.stages._contrast import heard_classes, heard_counts, sounding_share
 from pcas_cli.training.data import AugmentConfig, spec_augment
 from pcas_cli.writing import write_json
@@ -66,7 +69,8 @@ class DiagnoseConfig:
     probe_lr: float = 1e-3  # AdamW peak learning rate of the probe (one-cycle schedule)
     audio: AudioModelConfig = field(default_factory=AudioModelConfig)  # the probe's encoder (as train-tvp's)
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(time_mask=20, freq_mask=24))  # probe
-    visual_probe_steps: int = 0  # > 0: train a Looking encoder on the visible classes for this many steps (5.)
+    prompt_check: bool = False  # score the (TVP) listener alone on val with its own and another clip's frames (5.)
+    visual_probe_steps: int = 0  # > 0: train a Looking encoder on the visible classes for this many steps (6.)
     visual_probe_lr: float = 1e-3  # its AdamW peak learning rate (one-cycle schedule); batch: probe_batch frames
     model: VisualModelConfig = field(default_factory=VisualModelConfig)  # the visual probe's backbone
     out: str = "diagnose"  # report name: <run>/metrics/<out>.json
@@ -119,6 +123,27 @@ def listener_report(cfg: DiagnoseConfig, hearing: Hearing, split_targets: Target
                       **second_decisions(probs, targets, has, cfg.decision_threshold)}
         if split == "train":
             out["heard"] = [heard_stats(cache, feats, targets, has, t) for t in cfg.thresholds]
+    return out
+
+
+def prompt_report(cfg: DiagnoseConfig, device: torch.device, val_targets: tuple[np.ndarray, np.ndarray]
+                  ) -> dict[str, Any]:
+    """Does the TVP listener use what it sees (paper §3.1)? It alone, per second on val, prompted by each clip's own
+    frames and by the next clip's frames (another scene, the same sounds)."""
+    path = run_paths(cfg.run)["ckpt"] / f"{cfg.listener}.pt"
+    audio, prompt_visual, ckpt = listener(path, device)
+    if prompt_visual is None:
+        raise PcasError(f"{path}: prompt_check needs a listener trained with TVP; this one hears audio only")
+    val = open_features(cfg.run, "val")
+    if len(val) < 2:
+        raise PcasError(f"{val.path}: prompt_check needs at least two val clips to swap prompts between")
+    targets, has = val_targets
+    out: dict[str, Any] = {"listener": cfg.listener, "listener_id": ckpt["artifact_id"]}
+    for key, shift in (("own", 0), ("other_clip", 1)):
+        probs = build_audio_cache(val, audio, prompt_visual, device, desc=f"prompts: {key}",
+                                  prompt_shift=shift).probs.numpy()
+        out[key] = {"map": mean_average_precision(probs[has], targets[has]),
+                    **second_decisions(probs, targets, has, cfg.decision_threshold)}
     return out
 
 
@@ -299,6 +324,11 @@ def print_report(report: dict[str, Any]) -> None:
         table.add_row(f"CMPC labels of {p['weights']}: sounding share / precision / recall",
                       f"{p['positive_share']:.2f} / {p['precision']:.2f} / {p['recall']:.2f}", "",
                       f"base rate {p['base_rate']:.2f}")
+    if "prompts" in report:
+        own, other = report["prompts"]["own"], report["prompts"]["other_clip"]
+        table.add_row(f"{report['prompts']['listener']} alone, val mAP / exact set: own frames -> another clip's",
+                      "", f"{own['map']:.3f} / {own['exact_set']:.2f} -> {other['map']:.3f} / {other['exact_set']:.2f}",
+                      "")
     if "probe" in report:
         p = report["probe"]
         table.add_row(f"probe: per-second supervised encoder, {p['steps']} steps", f"{p['train_map']:.3f}",
@@ -331,6 +361,8 @@ def run(cfg: DiagnoseConfig) -> Path:
         train, cache = open_features(cfg.run, "train"), hearing["train"][0]
         report["patch_labels"] = [patch_label_report(ckpt_dir, name, train, cache, device)
                                   for name in cfg.patch_labels]
+    if cfg.prompt_check:
+        report["prompts"] = prompt_report(cfg, device, split_targets["val"])
     if cfg.probe_steps > 0:
         report["probe"] = probe_report(cfg, device, split_targets)
     if cfg.visual_probe_steps > 0:

@@ -204,6 +204,12 @@ TABLE3_LISTENERS = (("ast", "AST"), ("tvp", "AST + TVP"))
 DEFAULT_HEARD = "tvp x ast"  # the stage configs' listener x co_listener, as `pcas diagnose` names them
 
 
+# Table 3's prompt check: tvp.pt prompted by the next val clip's frames (`pcas diagnose --set prompt_check=true`,
+# metrics/tvp-prompts.json).
+OTHER_PROMPTS = "tvp-other-prompts"
+OTHER_PROMPTS_ROW = (OTHER_PROMPTS, "AST + TVP prompted with another clip's frames (does TVP use what it sees?)")
+
+
 def heard_row(cfg: ReportConfig) -> tuple[str, str]:
     """Table 3's last row, named after the listeners metrics/listeners.json says the masks hear with: TVP confirmed by
     the audio-only listener by default, one listener where a preset says so (the avdigits preset: AST alone)."""
@@ -242,6 +248,7 @@ def table3(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
             round_ += 1
     for stem, label in (*TABLE3_LISTENERS, heard_row(cfg)):
         row(stem, label)
+    row(*OTHER_PROMPTS_ROW, optional=True)
     heard_any = any(m is not None for scores in data.values() for m in scores.values())
     return (lines, data) if heard_any else ([], {})
 
@@ -249,10 +256,10 @@ def table3(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
 def listener_scores(runs: Path, run: str, stem: str) -> dict[str, Any] | None:
     """Per-second val mAP, exact-set accuracy (p > 0.5), scored seconds and (metrics written since 2026-12-03) the
     accuracies by how many classes sound (`by_sources`) of one Table 3 row, or None."""
-    if stem == "listeners":
-        m = metrics_of(runs, run, "listeners")
-        v = m and m.get("val")
-        return v and {"map": v["map"], "exact_acc": v["exact_set"], "frames": v["frames"],
+    if stem in ("listeners", OTHER_PROMPTS):
+        m = metrics_of(runs, run, "listeners" if stem == "listeners" else "tvp-prompts")
+        v = m and (m["val"] if stem == "listeners" else m["prompts"]["other_clip"])
+        return v and {"map": v["map"], "exact_acc": v["exact_set"], "frames": m["val"]["frames"],
                       "by_sources": v.get("by_sources")}
     m = metrics_of(runs, run, f"audio-{stem}")
     return m and {"map": m["map"], "exact_acc": m["exact_acc"], "frames": m["frames"],
@@ -265,7 +272,7 @@ def listener_sources_table(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]
              "| overlapped: true classes ranked first | val seconds (silent / one / overlapped) |",
              "|---|---|---|---|---|---|---|"]
     data: dict[str, Any] = {}
-    for stem, label in (*TABLE3_LISTENERS, heard_row(cfg)):
+    for stem, label in (*TABLE3_LISTENERS, heard_row(cfg), OTHER_PROMPTS_ROW):
         scores = listener_scores(cfg.runs, f"{cfg.prefix}-avss", stem)
         groups = scores and scores["by_sources"]
         if not groups:
