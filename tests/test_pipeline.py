@@ -300,6 +300,29 @@ def test_prompt_check_scores_tvp_with_its_own_and_another_clips_frames(run_dir: 
              "--set", "prompt_check=true", "--set", "out=ast-prompts")
 
 
+def test_vision_check_gates_the_listener_by_what_is_visible(run_dir: Path) -> None:
+    """The listener's val probabilities times the visible classes (oracle) and times visual.pt's probabilities ** a:
+    a = 0 leaves the listener unchanged, and the oracle row equals zeroing the invisible classes by hand."""
+    from pcas_cli.metrics_cls import mean_average_precision
+    from pcas_cli.stages._common import classes_in_masks, listen, second_targets
+
+    pcas("diagnose", "--run", str(run_dir), "--device", "cpu", "--listener", "ast", "--set", 'co_listener=""',
+         "--set", "vision_check=true", "--set", "vision_exponents=[0.0, 1.0]", "--set", "out=vision")
+    v = json.loads((run_dir / "metrics/vision.json").read_text())["vision"]
+    feats = read_features(run_dir / "features/val.h5")
+    targets, has = second_targets(feats)
+    probs = listen(run_dir / "ckpt", ("ast",), feats, torch.device("cpu"), "val")[0].probs.numpy()
+    visible = np.stack([classes_in_masks(feats.read("visible", i), len(feats.classes)) for i in range(len(feats))])
+    assert v["listener"]["map"] == pytest.approx(mean_average_precision(probs[has], targets[has]), abs=1e-6)
+    assert v["visible_oracle"]["map"] == pytest.approx(
+        mean_average_precision((probs * visible)[has], targets[has]), abs=1e-6)
+    assert [f["exponent"] for f in v["fused"]] == [0.0, 1.0]
+    assert v["fused"][0]["map"] == pytest.approx(v["listener"]["map"]) and 0.0 < v["looking_map_visible"] <= 1.0
+    assert v["fused"][1]["exact_set"] != v["fused"][0]["exact_set"] or v["fused"][1]["map"] != v["listener"]["map"]
+    with pytest.raises(PcasError, match="vision_check needs a listener"):
+        pcas("diagnose", "--run", str(run_dir), "--device", "cpu", "--listener", "", "--set", "vision_check=true")
+
+
 def test_diagnose_visual_probe(run_dir: Path) -> None:
     """The visual probe trains the configured backbone on the visible classes and scores val both ways."""
     pcas("diagnose", "--run", str(run_dir), "--device", "cpu", "--listener", "", "--set", "visual_probe_steps=2",

@@ -18,13 +18,17 @@
 5. Optional prompt check (`--set prompt_check=true`, a TVP listener): the listener alone on val with each clip's own
    frames as its prompts, and with the frames of another clip of the split (the next one). A listener that uses
    what it sees loses mAP when it sees another scene; one that ignores its prompts scores the same both ways.
-6. Optional visual probe (`--set visual_probe_steps=N`, generated data sets with visible-object maps): a fresh
+6. Optional vision check (`--set vision_check=true`, generated AVSS-layout data): could seeing help the listener
+   at all? Its per-second val probabilities with the classes not visible in the frame zeroed (the generator's
+   visible-object maps: a ceiling), and multiplied by the Looking encoder's class probabilities (late fusion,
+   nothing trained). A TVP listener that gains less than the late fusion leaves what it sees unused.
+7. Optional visual probe (`--set visual_probe_steps=N`, generated data sets with visible-object maps): a fresh
    Looking encoder of the configured backbone (`model`, as train-visual's) trained for N steps on the classes
    *visible* in each train frame (clean frame-level labels, sounding or not), scored on val against the visible
    classes and against the video labels. It asks whether the backbone can learn the objects' appearance at all;
    the weakly supervised Looking encoder learns from noisier labels.
 
-A diagnostic, like scoring: it reads the masks of train (2, 3, 4) and val (1, 4, 5), and the visible maps (6), to
+A diagnostic, like scoring: it reads the masks of train (2, 3, 4) and val (1, 4, 5, 6), and the visible maps (6, 7), to
 measure, and nothing it computes feeds back into the pipeline. Writes <run>/metrics/<out>.json (diagnose.json) and
 prints a table.
 """
@@ -70,7 +74,9 @@ class DiagnoseConfig:
     audio: AudioModelConfig = field(default_factory=AudioModelConfig)  # the probe's encoder (as train-tvp's)
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(time_mask=20, freq_mask=24))  # probe
     prompt_check: bool = False  # score the (TVP) listener alone on val with its own and another clip's frames (5.)
-    visual_probe_steps: int = 0  # > 0: train a Looking encoder on the visible classes for this many steps (6.)
+    vision_check: bool = False  # the listener on val gated by the visible classes / by visual.pt's (6.)
+    vision_exponents: tuple[float, ...] = (0.25, 0.5, 1.0)  # late fusion p_t * q_t ** a for each a (6.)
+    visual_probe_steps: int = 0  # > 0: train a Looking encoder on the visible classes for this many steps (7.)
     visual_probe_lr: float = 1e-3  # its AdamW peak learning rate (one-cycle schedule); batch: probe_batch frames
     model: VisualModelConfig = field(default_factory=VisualModelConfig)  # the visual probe's backbone
     out: str = "diagnose"  # report name: <run>/metrics/<out>.json
@@ -106,6 +112,17 @@ def second_decisions(probs: np.ndarray, targets: np.ndarray, has: np.ndarray, th
             "by_sources": set_accuracy_by_sources(probs[has], targets[has], threshold)}
 
 
+def require_visible(features: ArtifactReader, what: str) -> None:
+    if not features.meta.get("has_visible"):
+        raise PcasError(f"{features.path}: has no visible-object maps (only generated data sets do); {what} needs them")
+
+
+def second_scores(probs: np.ndarray, targets: np.ndarray, has: np.ndarray, threshold: float) -> dict[str, Any]:
+    """Per-second mAP and decisions of (N, T, C) probabilities on the seconds that have masks."""
+    return {"map": mean_average_precision(probs[has], targets[has]),
+            **second_decisions(probs, targets, has, threshold)}
+
+
 Targets = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> second_targets of that split
 
 
@@ -118,9 +135,8 @@ def listener_report(cfg: DiagnoseConfig, hearing: Hearing, split_targets: Target
         feats = open_features(cfg.run, split)
         cache, out["listener_ids"] = hearing[split]
         probs = cache.probs.numpy()
-        out[split] = {"map": mean_average_precision(probs[has], targets[has]), "chance_map": chance_map(targets[has]),
-                      "frames_sounding": float(targets.any(-1)[has].mean()), "frames": int(has.sum()),
-                      **second_decisions(probs, targets, has, cfg.decision_threshold)}
+        out[split] = {"chance_map": chance_map(targets[has]), "frames_sounding": float(targets.any(-1)[has].mean()),
+                      "frames": int(has.sum()), **second_scores(probs, targets, has, cfg.decision_threshold)}
         if split == "train":
             out["heard"] = [heard_stats(cache, feats, targets, has, t) for t in cfg.thresholds]
     return out
@@ -142,9 +158,33 @@ def prompt_report(cfg: DiagnoseConfig, device: torch.device, val_targets: tuple[
     for key, shift in (("own", 0), ("other_clip", 1)):
         probs = build_audio_cache(val, audio, prompt_visual, device, desc=f"prompts: {key}",
                                   prompt_shift=shift).probs.numpy()
-        out[key] = {"map": mean_average_precision(probs[has], targets[has]),
-                    **second_decisions(probs, targets, has, cfg.decision_threshold)}
+        out[key] = second_scores(probs, targets, has, cfg.decision_threshold)
     return out
+
+
+@torch.no_grad()
+def vision_report(cfg: DiagnoseConfig, cache: AudioCache, device: torch.device,
+                  val_targets: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
+    """Could seeing help the listener (paper §3.1's premise)? Its per-second val probabilities p_t (N, T, C): alone,
+    times the visible classes of the frame (0/1, an oracle ceiling), and times q_t ** a, the Looking encoder's
+    (visual.pt) class probabilities of the frame, for each exponent a (late fusion, nothing trained)."""
+    val = open_features(cfg.run, "val")
+    require_visible(val, "vision_check")
+    visual = visual_from_checkpoint(run_paths(cfg.run)["ckpt"] / "visual.pt", "train-visual")[0].visual
+    visual = visual.to(device).eval()
+    visible, looking = [], []
+    for i in range(len(val)):
+        c = val.clip(i, ("frames", "visible"))
+        visible.append(classes_in_masks(c["visible"], len(val.classes)))
+        looking.append(torch.sigmoid(visual(frames_to_tensor(c["frames"], device)).logits).cpu().numpy())
+    visible_, looking_ = np.stack(visible), np.stack(looking)  # (N, T, C)
+    targets, has = val_targets
+    probs = cache.probs.numpy()
+    return {"listener": second_scores(probs, targets, has, cfg.decision_threshold),
+            "visible_oracle": second_scores(probs * visible_, targets, has, cfg.decision_threshold),
+            "looking_map_visible": mean_average_precision(looking_[has], visible_[has]),
+            "fused": [{"exponent": a, **second_scores(probs * looking_ ** a, targets, has, cfg.decision_threshold)}
+                      for a in cfg.vision_exponents]}
 
 
 def patch_label_scores(labels: torch.Tensor, sounding: torch.Tensor) -> dict[str, float]:
@@ -272,9 +312,7 @@ def visual_probe_report(cfg: DiagnoseConfig, device: torch.device) -> dict[str, 
     seed_everything(cfg.seed)
     train, val = open_features(cfg.run, "train"), open_features(cfg.run, "val")
     for f in (train, val):
-        if not f.meta.get("has_visible"):
-            raise PcasError(f"{f.path}: has no visible-object maps (only generated data sets do); "
-                            "the visual probe needs them")
+        require_visible(f, "the visual probe")
     spec = base_spec(train, cfg.model)
     model = build_visual(spec).to(device)
     pairs, num_classes = _frame_pairs(train), len(train.classes)
@@ -329,6 +367,14 @@ def print_report(report: dict[str, Any]) -> None:
         table.add_row(f"{report['prompts']['listener']} alone, val mAP / exact set: own frames -> another clip's",
                       "", f"{own['map']:.3f} / {own['exact_set']:.2f} -> {other['map']:.3f} / {other['exact_set']:.2f}",
                       "")
+    if "vision" in report:
+        v = report["vision"]
+        table.add_row("vision check: listener alone -> x visible classes (oracle), val mAP / exact set", "",
+                      f"{v['listener']['map']:.3f} / {v['listener']['exact_set']:.2f} -> "
+                      f"{v['visible_oracle']['map']:.3f} / {v['visible_oracle']['exact_set']:.2f}", "")
+        for f in v["fused"]:
+            table.add_row(f"vision check: x visual.pt probabilities ^ {f['exponent']:g} (its mAP vs visible "
+                          f"{v['looking_map_visible']:.3f})", "", f"{f['map']:.3f} / {f['exact_set']:.2f}", "")
     if "probe" in report:
         p = report["probe"]
         table.add_row(f"probe: per-second supervised encoder, {p['steps']} steps", f"{p['train_map']:.3f}",
@@ -351,6 +397,8 @@ def run(cfg: DiagnoseConfig) -> Path:
     split_targets = {s: second_targets(open_features(cfg.run, s)) for s in ("train", "val")}
     if cfg.patch_labels and not cfg.listener:
         raise PcasError("diagnose: patch_labels needs a listener (the audio tokens CMPC compares patches with)")
+    if cfg.vision_check and not cfg.listener:
+        raise PcasError("diagnose: vision_check needs a listener (whose probabilities to gate)")
     ckpt_dir = run_paths(cfg.run)["ckpt"]
     if cfg.listener:
         # each split is listened to once, for the listener report and the patch labels
@@ -363,6 +411,8 @@ def run(cfg: DiagnoseConfig) -> Path:
                                   for name in cfg.patch_labels]
     if cfg.prompt_check:
         report["prompts"] = prompt_report(cfg, device, split_targets["val"])
+    if cfg.vision_check:
+        report["vision"] = vision_report(cfg, hearing["val"][0], device, split_targets["val"])
     if cfg.probe_steps > 0:
         report["probe"] = probe_report(cfg, device, split_targets)
     if cfg.visual_probe_steps > 0:
