@@ -399,6 +399,15 @@ def test_self_trained_listener_learns_from_its_teacher(run_dir: Path, tmp_path: 
     assert frozen.keys() == ast["model"].keys()
     assert all(torch.allclose(frozen[k].float(), ast["model"][k].float(), rtol=0.0, atol=1e-8) for k in frozen)
     pcas(*r, "--tvp", "--name", "tvp-st", "--set", "teacher=tvp")  # a TVP teacher hears with the student's prompts
+    # TVP grafted onto the audio-only listener: it starts as ast.pt, plus a fresh prompt projection
+    pcas(*r, "--tvp", "--name", "graft", "--set", "teacher=ast", "--set", "optim.lr=1e-12")
+    graft = load_checkpoint(run2 / "ckpt/graft.pt")
+    assert {k for k in graft["model"] if k not in ast["model"]} == {
+        f"audio.prompt_proj.{i}.{p}" for i in (0, 1) for p in ("weight", "bias")}
+    assert all(torch.allclose(graft["model"][k].float(), v.float(), rtol=0.0, atol=1e-8)
+               for k, v in ast["model"].items())
+    assert set(graft["provenance"]["inputs"]) >= {"ckpt/ast.pt", "ckpt/visual.pt"}
+    assert graft["provenance"]["model_spec"]["tvp"]
     pcas(*r, "--no-tvp", "--name", "mixed", "--set", "teacher=ast", "--set", "augment.mix=1.0")  # clip mixing
     assert load_checkpoint(run2 / "ckpt/mixed.pt")["provenance"]["config"]["augment"]["mix"] == 1.0
     tvp_student = load_checkpoint(run2 / "ckpt/tvp-st.pt")["provenance"]["inputs"]

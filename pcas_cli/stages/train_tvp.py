@@ -8,6 +8,8 @@ With `tvp = false` the same encoder runs without prompts (paper Table 3, "AST").
 Self-training (beyond the paper, `teacher = "<listener>"`): a trained listener's per-second probabilities on train,
 kept only for each clip's labelled classes (losses.teacher_second_targets), become per-second targets beside the MIL
 loss, and the student starts from the teacher's weights. Video labels and the teacher's predictions only: no masks.
+A TVP student may have an audio-only teacher: TVP grafted onto a trained listener, whose prompt projection starts
+fresh (`pcas train-tvp --tvp --name tvp-graft --set teacher=ast`).
 `self_train_epochs = N` does both in one stage: the MIL listener as `<stem>-mil`, then `<stem>` taught by it;
 with `self_train_rounds = R > 1` each student teaches the next (`<stem>-st1` .. `<stem>-st<R-1>`, then `<stem>`).
 
@@ -208,7 +210,10 @@ def run(cfg: TrainTVPConfig) -> Path:
         prov["inputs"].update(teacher_ids)
     task = TVPTask(cfg, spec, train_prompts, ListenerEval(val, val_prompts, device), teacher_probs)
     if teacher_state is not None:
-        load_state(task.model, teacher_state, "", ckpt_dir / f"{cfg.teacher}.pt")
+        # the student starts as its teacher; a TVP student of an audio-only teacher keeps its own (seeded) prompt
+        # projection, which the teacher does not have
+        fresh = {k: v for k, v in task.model.state_dict().items() if ".prompt_proj." in k and k not in teacher_state}
+        load_state(task.model, {**teacher_state, **fresh}, "", ckpt_dir / f"{cfg.teacher}.pt")
     result = fit(task, cfg.optim, ckpt_dir, cfg.stem, prov, resume=cfg.resume, device=cfg.device)
     write_listener_metrics(cfg, result.best_path, task, device)
     return result.best_path
@@ -245,10 +250,15 @@ def teach(cfg: TrainTVPConfig, ckpt_dir: Path, train: ArtifactReader, prompts: T
     if not path.is_file():
         raise PcasError(f"{path}: no such teacher listener; train it first (pcas train-tvp --name {cfg.teacher})")
     audio, teacher = audio_from_checkpoint(path)
-    if audio_architecture(teacher["provenance"]["model_spec"]) != audio_architecture(spec):
-        raise PcasError(f"{path}: the teacher's architecture differs from this listener's (tvp and [audio] must match)")
-    check_fresh(path, teacher, inputs)
-    probs = listener_probs(audio, train, prompts, device)
+    teacher_tvp = bool(teacher["provenance"]["model_spec"]["tvp"])
+    # A TVP student may learn from an audio-only teacher (TVP grafted onto a trained listener); not the reverse
+    if (teacher_tvp and not spec["tvp"]) or \
+            audio_architecture(teacher["provenance"]["model_spec"]) != audio_architecture({**spec, "tvp": teacher_tvp}):
+        raise PcasError(f"{path}: the teacher's architecture differs from this listener's ([audio] must match, and "
+                        "a listener without TVP cannot learn from one with it)")
+    # an audio-only teacher never read visual.pt, and hears train without prompts
+    check_fresh(path, teacher, inputs if teacher_tvp else {k: v for k, v in inputs.items() if k != "ckpt/visual.pt"})
+    probs = listener_probs(audio, train, prompts if teacher_tvp else None, device)
     return probs, teacher["model"], {f"ckpt/{cfg.teacher}.pt": teacher["artifact_id"]}
 
 
