@@ -67,7 +67,9 @@ def test_tables_and_readme_block(tmp_path: Path, monkeypatch) -> None:
            ("pseudo-label", ["--split", "val", "--out", "ablations/cmpc"], 5.0),
            # different outputs told apart by --kind / --tvp: one row each
            ("baseline", ["--kind", "background"], 1.0), ("baseline", ["--kind", "visible"], 1.0),
-           ("train-tvp", ["--tvp"], 2.0), ("train-tvp", ["--no-tvp"], 2.0)]
+           ("train-tvp", ["--tvp"], 2.0), ("train-tvp", ["--no-tvp"], 2.0),
+           # diagnose names its report with --set out=...
+           ("diagnose", ["--set", "out=listeners"], 3.0), ("diagnose", ["--set", "out=tvp-prompts"], 4.0)]
     # a stage run on an older data set (before the latest extract of its run) is dropped
     log = [("align", [], 99.0, "2026-01-01T00:00:00"), ("extract", [], 3.0, "2026-01-02T00:00:00")] + \
         [(c, a, t, "2026-01-03T00:00:00") for c, a, t in log]
@@ -99,8 +101,9 @@ def test_tables_and_readme_block(tmp_path: Path, monkeypatch) -> None:
     assert text.count("| AST + TVP, confirmed by AST") == 1  # the S4 run's combined row is Table 3's only
     assert "| x-avss | `refine --no-cmc` | 12.5 | 900 |" in text
     assert "| x-avss | `refine --name refine-cmpc --init align-nocmc` | 20.0 | 900 |" in text
-    assert "--init visual" not in text and "| all | | 46.5 | 900 |" in text and "`align`" not in text
-    for row in ("baseline --kind background", "baseline --kind visible", "train-tvp --tvp", "train-tvp --no-tvp"):
+    assert "--init visual" not in text and "| all | | 53.5 | 900 |" in text and "`align`" not in text
+    for row in ("baseline --kind background", "baseline --kind visible", "train-tvp --tvp", "train-tvp --no-tvp",
+                "diagnose --set out=listeners", "diagnose --set out=tvp-prompts"):
         assert f"| x-avss | `{row}` |" in text
     assert "CRF kernel chosen on val: psa@0.25 (val mIoU x100: none 40.00, psa@0.25 50.00)." in text
     assert "| ring | 19.00 | 3.00 | -16.00 |" in text and "| drum | 50.00 | 60.00 | +10.00 |" in text  # CRF check

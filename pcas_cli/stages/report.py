@@ -506,9 +506,11 @@ _DATA_COMMANDS = ("synth", "build-avdigits", "extract")  # make a run's data set
 
 def _output_of(argv: list[str]) -> tuple[str, ...]:
     """The options of a logged command that name what it writes, in argv order: --name, --out, --split, --kind
-    (baseline) with their values, and --tvp / --no-tvp (train-tvp writes tvp.pt or ast.pt)."""
+    (baseline) and `--set out=...` (diagnose's report) with their values, and --tvp / --no-tvp (train-tvp writes
+    tvp.pt or ast.pt)."""
     named = ("--name", "--out", "--split", "--kind")
-    valued = tuple(f"{a}={argv[i + 1]}" for i, a in enumerate(argv[:-1]) if a in named)
+    valued = tuple(f"{a}={v}" for a, v in zip(argv, argv[1:])
+                   if a in named or (a == "--set" and v.startswith("out=")))
     return valued + tuple(a for a in argv if a in ("--tvp", "--no-tvp"))
 
 
