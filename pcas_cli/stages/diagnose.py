@@ -172,18 +172,18 @@ def vision_report(cfg: DiagnoseConfig, cache: AudioCache, device: torch.device,
     require_visible(val, "vision_check")
     visual = visual_from_checkpoint(run_paths(cfg.run)["ckpt"] / "visual.pt", "train-visual")[0].visual
     visual = visual.to(device).eval()
-    visible, looking = [], []
+    visible_rows, looking_rows = [], []  # per clip: (T, C) visible classes, (T, C) visual.pt's probabilities
     for i in range(len(val)):
         c = val.clip(i, ("frames", "visible"))
-        visible.append(classes_in_masks(c["visible"], len(val.classes)))
-        looking.append(torch.sigmoid(visual(frames_to_tensor(c["frames"], device)).logits).cpu().numpy())
-    visible_, looking_ = np.stack(visible), np.stack(looking)  # (N, T, C)
+        visible_rows.append(classes_in_masks(c["visible"], len(val.classes)))
+        looking_rows.append(torch.sigmoid(visual(frames_to_tensor(c["frames"], device)).logits).cpu().numpy())
+    visible, looking = np.stack(visible_rows), np.stack(looking_rows)  # (N, T, C)
     targets, has = val_targets
     probs = cache.probs.numpy()
     return {"listener": second_scores(probs, targets, has, cfg.decision_threshold),
-            "visible_oracle": second_scores(probs * visible_, targets, has, cfg.decision_threshold),
-            "looking_map_visible": mean_average_precision(looking_[has], visible_[has]),
-            "fused": [{"exponent": a, **second_scores(probs * looking_ ** a, targets, has, cfg.decision_threshold)}
+            "visible_oracle": second_scores(probs * visible, targets, has, cfg.decision_threshold),
+            "looking_map_visible": mean_average_precision(looking[has], visible[has]),
+            "fused": [{"exponent": a, **second_scores(probs * looking ** a, targets, has, cfg.decision_threshold)}
                       for a in cfg.vision_exponents]}
 
 
