@@ -14,7 +14,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -209,6 +209,12 @@ DEFAULT_HEARD = "tvp x ast"  # the stage configs' listener x co_listener, as `pc
 OTHER_PROMPTS = "tvp-other-prompts"
 OTHER_PROMPTS_ROW = (OTHER_PROMPTS, "AST + TVP prompted with another clip's frames (does TVP use what it sees?)")
 
+# Table 3 rows scored by `pcas diagnose` rather than train-tvp: stem -> (metrics file, its val scores)
+DIAGNOSE_ROWS: dict[str, tuple[str, Callable[[dict[str, Any]], dict[str, Any]]]] = {
+    "listeners": ("listeners", lambda m: m["val"]),
+    OTHER_PROMPTS: ("tvp-prompts", lambda m: m["prompts"]["other_clip"]),
+}
+
 
 def heard_row(cfg: ReportConfig) -> tuple[str, str]:
     """Table 3's last row, named after the listeners metrics/listeners.json says the masks hear with: TVP confirmed by
@@ -256,9 +262,10 @@ def table3(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
 def listener_scores(runs: Path, run: str, stem: str) -> dict[str, Any] | None:
     """Per-second val mAP, exact-set accuracy (p > 0.5), scored seconds and (metrics written since 2026-12-03) the
     accuracies by how many classes sound (`by_sources`) of one Table 3 row, or None."""
-    if stem in ("listeners", OTHER_PROMPTS):
-        m = metrics_of(runs, run, "listeners" if stem == "listeners" else "tvp-prompts")
-        v = m and (m["val"] if stem == "listeners" else m["prompts"]["other_clip"])
+    if stem in DIAGNOSE_ROWS:
+        name, scores_of = DIAGNOSE_ROWS[stem]
+        m = metrics_of(runs, run, name)
+        v = m and scores_of(m)
         return v and {"map": v["map"], "exact_acc": v["exact_set"], "frames": m["val"]["frames"],
                       "by_sources": v.get("by_sources")}
     m = metrics_of(runs, run, f"audio-{stem}")
