@@ -165,6 +165,13 @@ def test_table4_over_seeds_gives_mean_std_and_removal_gains(tmp_path: Path) -> N
         p.unlink()
     lines, data = table4(cfg)
     assert lines[0] == "| CMC | CMPC | CMCC | F-score | mIoU |" and "removal_gain" not in data
+    assert "missing_rows" not in data and not any("not scored yet" in line for line in lines)
+    # a partly run table names the rows it lacks
+    for key in ("none", "cmcc", "all"):
+        (runs / f"x-avss/metrics/ablation-{key}.json").unlink()
+    lines, data = table4(cfg)
+    assert data["missing_rows"] == ["none", "cmcc", "all"]
+    assert "Rows not scored yet (seed 0): none, cmcc, all;" in "\n".join(lines)
     # timings: the extra seeds' commands are summarised in one line per run
     timings = tmp_path / "t.jsonl"
     log = [("refine", ["--name", "refine-cmc"], 10.0), ("refine", ["--name", "refine-cmc-s1", "--seed", "1"], 11.0),

@@ -339,6 +339,12 @@ def table4(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
                      + (" – | – |" if seeds else ""))
     if not data:
         return [], {}
+    missing = [key for key, _ in ABLATION_ROWS if key not in seed0]
+    if missing:
+        # a partly run table must say so: a reader would otherwise take the rows shown for the whole design
+        data["missing_rows"] = missing
+        lines += ["", f"Rows not scored yet (seed 0): {', '.join(missing)}; `make reproduce-ablations` (embedded "
+                      "data) or `make bench-avdigits` (AV-Digits) trains them."]
     if seeds:
         lines += ["", *_seed_notes(data, seeds)]
     clip_noise = _removal_clip_noise(seed0, data)
