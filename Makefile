@@ -195,7 +195,7 @@ $(RUNS)/%/metrics/listeners.json: $$(call listeners,$$*) $$(call stage_cfg,$$*,d
 	$(PCAS) diagnose --run $(RUNS)/$* --set out=listeners $(PRESET)
 
 # Does TVP use what it sees? tvp.pt alone on val, prompted by each clip's own frames and by another clip's: Table 3.
-PROMPT_CHECK = --listener tvp --set 'co_listener=""' --set prompt_check=true --set out=tvp-prompts
+PROMPT_CHECK = --listener tvp --set 'co_listener=""' --set listening=false --set prompt_check=true --set out=tvp-prompts
 $(RUNS)/%/metrics/tvp-prompts.json: $(RUNS)/%/ckpt/tvp.pt $$(call stage_cfg,$$*,diagnose)
 	$(PCAS) diagnose --run $(RUNS)/$* $(PROMPT_CHECK) $(PRESET)
 

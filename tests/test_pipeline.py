@@ -289,8 +289,10 @@ def test_prompt_check_scores_tvp_with_its_own_and_another_clips_frames(run_dir: 
     torch.testing.assert_close(other[0], torch.sigmoid(out.logits[0]))
     assert not torch.allclose(own, other)  # the prompts reach the listener, so the check can fail
     pcas("diagnose", "--run", str(run_dir), "--device", "cpu", "--listener", "tvp", "--set", 'co_listener=""',
-         "--set", "prompt_check=true", "--set", "out=tvp-prompts")
-    prompts = json.loads((run_dir / "metrics/tvp-prompts.json").read_text())["prompts"]
+         "--set", "listening=false", "--set", "prompt_check=true", "--set", "out=tvp-prompts")
+    report = json.loads((run_dir / "metrics/tvp-prompts.json").read_text())
+    assert "train" not in report and "val" not in report  # listening=false: parts 1-2 (every train clip) skipped
+    prompts = report["prompts"]
     trained = json.loads((run_dir / "metrics/audio-tvp.json").read_text())
     assert prompts["own"]["map"] == pytest.approx(trained["map"], abs=1e-6)
     assert prompts["own"]["exact_set"] == pytest.approx(trained["exact_acc"], abs=1e-6)

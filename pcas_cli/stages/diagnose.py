@@ -18,6 +18,7 @@
 5. Optional prompt check (`--set prompt_check=true`, a TVP listener): the listener alone on val with each clip's own
    frames as its prompts, and with the frames of another clip of the split (the next one). A listener that uses
    what it sees loses mAP when it sees another scene; one that ignores its prompts scores the same both ways.
+   With `--set listening=false` it runs without 1 and 2, which listen to every train clip.
 6. Optional vision check (`--set vision_check=true`, generated AVSS-layout data): could seeing help the listener
    at all? Its per-second val probabilities with the classes not visible in the frame zeroed (the generator's
    visible-object maps: a ceiling), and multiplied by the Looking encoder's class probabilities (late fusion,
@@ -64,6 +65,7 @@ from pcas_cli.writing import write_json
 class DiagnoseConfig:
     run: Path = Path("data/runs/synth-avss")  # run folder (reads features/, ckpt/<listener>.pt)
     listener: str = "tvp"  # listener checkpoint to examine: ckpt/<listener>.pt ("" = skip 1 and 2)
+    listening: bool = True  # 1 and 2 (listens to every train and val clip); false: only the optional parts asked for
     co_listener: str = "ast"  # combined with it as align / refine / pseudo-label do (geometric mean); "" = alone
     thresholds: tuple[float, ...] = (0.3, 0.5, 0.7)  # listener probabilities at which a class counts as heard
     decision_threshold: float = 0.5  # for the per-second exact-set accuracy and the silent seconds heard
@@ -393,17 +395,23 @@ def print_report(report: dict[str, Any]) -> None:
 def run(cfg: DiagnoseConfig) -> Path:
     device = resolve_device(cfg.device)
     report: dict[str, Any] = {"run": str(cfg.run), "config": stage_config(cfg)}
-    # the masks of train and val are read once, for both parts
-    split_targets = {s: second_targets(open_features(cfg.run, s)) for s in ("train", "val")}
     if cfg.patch_labels and not cfg.listener:
         raise PcasError("diagnose: patch_labels needs a listener (the audio tokens CMPC compares patches with)")
     if cfg.vision_check and not cfg.listener:
         raise PcasError("diagnose: vision_check needs a listener (whose probabilities to gate)")
+    # Each split is listened to once, and only where a part asked for needs it: the prompt check alone (Table 3's
+    # make rule) does not listen to the 2,000 train clips of AV-Digits.
+    listened = ({"train", "val"} if cfg.listening else set()) | ({"train"} if cfg.patch_labels else set()) \
+        | ({"val"} if cfg.vision_check else set())
+    needs_targets = listened | ({"val"} if cfg.prompt_check else set()) | \
+        ({"train", "val"} if cfg.probe_steps > 0 else set())
+    split_targets = {s: second_targets(open_features(cfg.run, s)) for s in ("train", "val") if s in needs_targets}
     ckpt_dir = run_paths(cfg.run)["ckpt"]
-    if cfg.listener:
-        # each split is listened to once, for the listener report and the patch labels
+    hearing: Hearing = {}
+    if cfg.listener and listened:
         names = listener_names(cfg.listener, cfg.co_listener)
-        hearing = {s: listen(ckpt_dir, names, open_features(cfg.run, s), device, s) for s in split_targets}
+        hearing = {s: listen(ckpt_dir, names, open_features(cfg.run, s), device, s) for s in sorted(listened)}
+    if cfg.listener and cfg.listening:
         report.update(listener_report(cfg, hearing, split_targets))
     if cfg.patch_labels:
         train, cache = open_features(cfg.run, "train"), hearing["train"][0]
