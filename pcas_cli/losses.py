@@ -275,23 +275,26 @@ def cmcc_loss(global_cls: Tensor, crop_cls: Tensor, crop_positive: Tensor, tempe
     return per_image[has_pos].mean()
 
 
-def crop_labels_from_patch_labels(patch_labels: Tensor, boxes: Tensor, threshold: float = 0.1) -> Tensor:
+def crop_labels_from_patch_labels(patch_labels: Tensor, boxes: Tensor, threshold: float = 0.1,
+                                  ignored_score: float = 0.5) -> Tensor:
     """Which crops cover sounding regions: positive when the crop's sounding share exceeds `threshold`.
 
     The share is area-weighted over the patch cells the box overlaps, each cell scored 1 if sounding (label 1),
-    0.5 if ignored (255) and 0 if not sounding. This mirrors ToCo's ROI rule (bg 0, uncertain 1, fg 2; negative when
-    the mean ROI <= 0.2, i.e. share <= 0.1; method-facts §3). A box of zero area is negative.
+    `ignored_score` if ignored (255) and 0 if not sounding. With 0.5 this mirrors ToCo's ROI rule (bg 0, uncertain 1,
+    fg 2; negative when the mean ROI <= 0.2, i.e. share <= 0.1; method-facts §3); 0 reads the paper's "crops
+    containing sounding regions are positives, others negatives" literally. A box of zero area is negative.
 
     Args:
         patch_labels: (B, h, w) long in {0, 1, 255}.
         boxes: (B, K, 4) float boxes (x0, y0, x1, y1) in normalised image coordinates [0, 1].
         threshold: minimum share for a positive crop.
+        ignored_score: how much an ignored (uncertain) cell counts as sounding.
 
     Returns:
         (B, K) bool.
     """
     b, h, w = patch_labels.shape
-    score = (patch_labels == 1).float() + 0.5 * (patch_labels == IGNORE).float()  # (B, h, w)
+    score = (patch_labels == 1).float() + ignored_score * (patch_labels == IGNORE).float()  # (B, h, w)
     boxes = boxes.float().clamp(0.0, 1.0)
 
     def overlap(lo: Tensor, hi: Tensor, cells: int) -> Tensor:

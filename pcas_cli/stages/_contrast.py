@@ -60,6 +60,10 @@ class CMCCParams:
     crop_fraction: float = 0.4  # crop side as a fraction of the frame side (ToCo: 96 of 448 px ~ 0.21)
     crop_size: int = 48  # crops are resized to this many pixels
     positive_share: float = 0.1  # a crop is positive when its sounding share (ToCo ROI rule) exceeds this
+    # How much an ignored CMPC cell counts as sounding in that share: 0.5 as ToCo; 0 = only sounding cells make a
+    # positive crop (the paper's wording). With 0.5 few crops are negative, and InfoNCE without negatives gives ~0:
+    # results/avdigits-diagnostics.md section 0000000000000000.
+    ignored_score: float = 0.5
     temperature: float = 0.5  # tau of eq. 3 (ToCo VOC: 0.5)
     eps: float = 1e-4  # epsilon of eq. 3
 
@@ -170,7 +174,7 @@ class ContrastTask(TrainTask):
         if cfg.cmcc:
             h, w = v.grid
             positive = crop_labels_from_patch_labels(patch_labels.view(-1, h, w), boxes.to(images.device),
-                                                     cfg.cmcc_params.positive_share)
+                                                     cfg.cmcc_params.positive_share, cfg.cmcc_params.ignored_score)
             terms["cmcc"] = cfg.weights.cmcc * cmcc_loss(out["z_cls"].detach(), out["z_crop"], positive,
                                                          cfg.cmcc_params.temperature, cfg.cmcc_params.eps)
         return terms
