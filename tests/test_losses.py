@@ -379,7 +379,7 @@ def test_crop_labels_from_patch_labels() -> None:
     assert crop_labels_from_patch_labels(ignored, whole, threshold=0.1).tolist() == [[True]]
     assert crop_labels_from_patch_labels(ignored, whole, threshold=0.2).tolist() == [[False]]
     # ignored cells not counted (the paper's wording): only the sounding cell makes a crop positive
-    mixed = torch.tensor([[[IGNORE, IGNORE], [IGNORE, 1]]])  # share 1/4 either way at the sounding cell
+    mixed = torch.tensor([[[IGNORE, IGNORE], [IGNORE, 1]]])  # one sounding cell (bottom right) among ignored ones
     assert crop_labels_from_patch_labels(ignored, whole, ignored_score=0.0).tolist() == [[False]]
     assert crop_labels_from_patch_labels(mixed, boxes[:, :3], ignored_score=0.0).tolist() == [[True, True, False]]
     assert crop_labels_from_patch_labels(mixed, boxes[:, :3]).tolist() == [[True, True, True]]
