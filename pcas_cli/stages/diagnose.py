@@ -36,6 +36,7 @@ prints a table.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -399,30 +400,25 @@ def run(cfg: DiagnoseConfig) -> Path:
         raise PcasError("diagnose: patch_labels needs a listener (the audio tokens CMPC compares patches with)")
     if cfg.vision_check and not cfg.listener:
         raise PcasError("diagnose: vision_check needs a listener (whose probabilities to gate)")
-    # Each split is listened to once, and only where a part asked for needs it: the prompt check alone (Table 3's
-    # make rule) does not listen to the 2,000 train clips of AV-Digits.
-    listened = ({"train", "val"} if cfg.listening else set()) | ({"train"} if cfg.patch_labels else set()) \
-        | ({"val"} if cfg.vision_check else set())
-    needs_targets = listened | ({"val"} if cfg.prompt_check else set()) | \
-        ({"train", "val"} if cfg.probe_steps > 0 else set())
-    split_targets = {s: second_targets(open_features(cfg.run, s)) for s in ("train", "val") if s in needs_targets}
     ckpt_dir = run_paths(cfg.run)["ckpt"]
-    hearing: Hearing = {}
-    if cfg.listener and listened:
-        names = listener_names(cfg.listener, cfg.co_listener)
-        hearing = {s: listen(ckpt_dir, names, open_features(cfg.run, s), device, s) for s in sorted(listened)}
+    # Each split's masks are read, and each split listened to, at most once and only when a part asked for needs
+    # them: the prompt check alone (Table 3's make rule) does not listen to the 2,000 train clips of AV-Digits.
+    targets_of = functools.cache(lambda split: second_targets(open_features(cfg.run, split)))
+    hearing_of = functools.cache(lambda split: listen(ckpt_dir, listener_names(cfg.listener, cfg.co_listener),
+                                                      open_features(cfg.run, split), device, split))
+    splits = ("train", "val")
     if cfg.listener and cfg.listening:
-        report.update(listener_report(cfg, hearing, split_targets))
+        report.update(listener_report(cfg, {s: hearing_of(s) for s in splits}, {s: targets_of(s) for s in splits}))
     if cfg.patch_labels:
-        train, cache = open_features(cfg.run, "train"), hearing["train"][0]
-        report["patch_labels"] = [patch_label_report(ckpt_dir, name, train, cache, device)
+        train = open_features(cfg.run, "train")
+        report["patch_labels"] = [patch_label_report(ckpt_dir, name, train, hearing_of("train")[0], device)
                                   for name in cfg.patch_labels]
     if cfg.prompt_check:
-        report["prompts"] = prompt_report(cfg, device, split_targets["val"])
+        report["prompts"] = prompt_report(cfg, device, targets_of("val"))
     if cfg.vision_check:
-        report["vision"] = vision_report(cfg, hearing["val"][0], device, split_targets["val"])
+        report["vision"] = vision_report(cfg, hearing_of("val")[0], device, targets_of("val"))
     if cfg.probe_steps > 0:
-        report["probe"] = probe_report(cfg, device, split_targets)
+        report["probe"] = probe_report(cfg, device, {s: targets_of(s) for s in splits})
     if cfg.visual_probe_steps > 0:
         report["visual_probe"] = visual_probe_report(cfg, device)
     print_report(report)
