@@ -257,6 +257,13 @@ def test_diagnose_reports_listener_heard_frames_and_probe(run_dir: Path) -> None
     assert [p["weights"] for p in report["patch_labels"]] == ["align", "refine"]
     for p in report["patch_labels"]:
         assert 0.0 <= p["precision"] <= 1.0 and 0.0 < p["base_rate"] < 1.0 and (p["high"], p["low"]) == (0.7, 0.35)
+        # CMCC crops on every train frame, under ToCo's rule (as trained) and the paper's: an ignored cell counting
+        # 0 instead of 0.5 toward a crop's share can only turn positives negative
+        ignored_half, ignored_zero = p["cmcc_crops"]
+        assert (ignored_half["ignored_score"], ignored_zero["ignored_score"]) == (0.5, 0.0)
+        assert ignored_half["trained_with"] and not ignored_zero["trained_with"]
+        assert ignored_half["frames"] == ignored_zero["frames"] > 0
+        assert 0.0 <= ignored_half["negative_crops"] <= ignored_zero["negative_crops"] <= 1.0
     with pytest.raises(PcasError, match="no projection heads"):
         pcas("diagnose", "--run", str(run_dir), "--device", "cpu", "--set", 'patch_labels=["visual"]',
              "--set", "out=visual-heads")
@@ -351,6 +358,16 @@ def test_patch_label_scores_hand_values() -> None:
     s = patch_label_scores(labels, truth)
     assert s == {"positive_share": 0.5, "precision": 1 / 3, "recall": 1 / 3, "negatives_sounding": 0.5,
                  "ignored_share": 1 / 6, "base_rate": 0.5}
+
+
+def test_crop_counts_hand_values() -> None:
+    from pcas_cli.stages.diagnose import crop_counts, crop_shares
+
+    positive = torch.tensor([[True, False, False], [True, True, True], [False, False, False]])
+    counts = crop_counts(positive)  # 3 frames, 9 crops, 5 negative, only frame 0 has both kinds
+    assert counts.tolist() == [3, 9, 5, 1]
+    assert crop_shares(counts + crop_counts(positive[:1])) == {"frames": 4, "negative_crops": 7 / 12,
+                                                                "frames_with_both": 2 / 4}
 
 
 def test_second_decisions_hand_values() -> None:

@@ -12,6 +12,9 @@
    that the checkpoint's projection heads give (its own thresholds) on the heard train frames, scored against the
    train masks: share of patches labelled sounding, their precision and recall, the share of "not sounding" labels
    that fall on a sounding object, beside the base rate. Precision near the base rate: CMPC contrasts noise.
+   Also what CMCC (eq. 3) gets from those labels: random crops per train frame (the checkpoint's CMCC crop settings;
+   silent frames all ignored, as in training) labelled positive / negative with each of `crop_ignored_scores`, and
+   the share of frames with both kinds. Eq. 3 is an InfoNCE within a frame: without a negative crop it is ~0.
 4. Optional probe (`--probe-steps N`): a fresh audio encoder of the configured size trained for N steps on the
    per-second classes of the train masks (full supervision of the audio side alone), scored on val. It asks whether
    the architecture can learn these sounds at all; the weakly supervised listener will not do better.
@@ -50,14 +53,14 @@ from pcas_cli.artifacts import ArtifactReader
 from pcas_cli.config import to_dict
 from pcas_cli.console import CONSOLE, progress
 from pcas_cli.errors import PcasError
-from pcas_cli.losses import IGNORE, patch_labels_from_audio
+from pcas_cli.losses import IGNORE, crop_labels_from_patch_labels, patch_labels_from_audio
 from pcas_cli.metrics_cls import mean_average_precision, set_accuracy_by_sources
 from pcas_cli.seed import seed_everything
 from pcas_cli.stages._common import (AudioCache, AudioModelConfig, VisualModelConfig, base_spec, build_audio,
                                      build_audio_cache, build_visual, classes_in_masks, frame_classes_from_masks,
                                      frames_to_tensor, listen, listener, listener_names, open_features,
                                      resolve_device, run_paths, second_targets, stage_config, visual_from_checkpoint)
-from pcas_cli.stages._contrast import heard_classes, heard_counts, sounding_share
+from pcas_cli.stages._contrast import heard_classes, heard_counts, random_boxes, sounding_share
 from pcas_cli.training.data import AugmentConfig, spec_augment
 from pcas_cli.writing import write_json
 
@@ -71,6 +74,8 @@ class DiagnoseConfig:
     thresholds: tuple[float, ...] = (0.3, 0.5, 0.7)  # listener probabilities at which a class counts as heard
     decision_threshold: float = 0.5  # for the per-second exact-set accuracy and the silent seconds heard
     patch_labels: tuple[str, ...] = ()  # align / refine checkpoints whose CMPC patch labels to score (3.)
+    crop_ignored_scores: tuple[float, ...] = (0.5, 0.0)  # CMCC crop rules to count under (3.): how much an ignored
+    # CMPC cell counts toward a crop's sounding share (cmcc_params.ignored_score; 0.5 = ToCo's ROI rule)
     probe_steps: int = 0  # > 0: train a per-second supervised audio probe for this many steps (4.)
     probe_batch: int = 32  # seconds per probe step
     probe_lr: float = 1e-3  # AdamW peak learning rate of the probe (one-cycle schedule)
@@ -199,34 +204,64 @@ def patch_label_scores(labels: torch.Tensor, sounding: torch.Tensor) -> dict[str
             "ignored_share": int((labels == IGNORE).sum()) / n, "base_rate": n_true / n}
 
 
+def crop_counts(positive: torch.Tensor) -> np.ndarray:
+    """CMCC crop labels (B, K) bool -> counts [frames, crops, negative crops, frames with a positive and a negative
+    crop] (eq. 3 contrasts a frame's positive crops with its own negatives only)."""
+    pos, neg = positive.bool(), ~positive.bool()
+    both = pos.any(dim=1) & neg.any(dim=1)
+    return np.array([positive.shape[0], positive.numel(), int(neg.sum()), int(both.sum())], np.int64)
+
+
+def crop_shares(counts: np.ndarray) -> dict[str, float]:
+    """crop_counts summed over frames -> the shares the report gives."""
+    frames, crops, negative, both = (int(c) for c in counts)
+    return {"frames": frames, "negative_crops": negative / max(crops, 1), "frames_with_both": both / max(frames, 1)}
+
+
 @torch.no_grad()
-def patch_label_report(ckpt_dir: Path, name: str, train: ArtifactReader, cache: AudioCache,
-                       device: torch.device) -> dict[str, Any]:
+def patch_label_report(ckpt_dir: Path, name: str, train: ArtifactReader, cache: AudioCache, device: torch.device,
+                       ignored_scores: tuple[float, ...] = (0.5, 0.0), seed: int = 0) -> dict[str, Any]:
     """Score the CMPC labels of ckpt/<name>.pt on the train frames with a mask in which a labelled class is heard
-    (the frames CMPC trains on), with the thresholds that checkpoint was trained with."""
+    (the frames CMPC trains on), with the thresholds that checkpoint was trained with; and count the CMCC crops its
+    labels give on every train frame (silent ones all ignored, as refine labels them), under each crop rule.
+
+    Crops are drawn as in training (the checkpoint's CMCC crop count and size, seeded), on the frames without
+    training's flips and crops: counts, not a replay of one epoch."""
     model, ckpt = visual_from_checkpoint(ckpt_dir / f"{name}.pt")
     if not model.has_projections:
         raise PcasError(f"{ckpt_dir / name}.pt: has no projection heads (the Looking encoder): no patch labels")
     trained = ckpt["provenance"]["config"]
     high, low, normalize = (trained["cmpc_params"][k] for k in ("high", "low", "normalize"))
+    crop = trained["cmcc_params"]
     threshold = ckpt["provenance"].get("audio_threshold", trained["audio_threshold"])  # chosen on val, or as set
     model = model.to(device).eval()
+    generator = torch.Generator().manual_seed(seed)
     all_labels, all_truth = [], []
+    counts = {score: np.zeros(4, np.int64) for score in ignored_scores}
     for i in range(len(train)):
         c = train.clip(i, ("frames", "masks", "mask_valid", "labels"))
-        heard = heard_classes(cache.probs[i], torch.from_numpy(c["labels"])[None], threshold)
-        keep = torch.from_numpy(c["mask_valid"]).bool() & heard.any(-1)  # (T,)
+        heard = heard_classes(cache.probs[i], torch.from_numpy(c["labels"])[None], threshold).any(-1)  # (T,)
+        images = torch.from_numpy(c["frames"]).permute(0, 3, 1, 2).float().div(255).to(device)
+        out = model(images, audio_tokens=cache.tokens[i].to(device))
+        labels = patch_labels_from_audio(out["z_patch"], out["z_audio"], high, low, normalize).cpu()  # (T, N)
+        labels[~heard] = IGNORE  # no audio evidence in a silent second (ContrastTask.patch_labels)
+        boxes = random_boxes(len(labels), crop["crops"], crop["crop_fraction"], generator)
+        for score in ignored_scores:
+            positive = crop_labels_from_patch_labels(labels.view(len(labels), *out["visual"].grid), boxes,
+                                                     crop["positive_share"], score)
+            counts[score] += crop_counts(positive)
+        keep = torch.from_numpy(c["mask_valid"]).bool() & heard  # (T,)
         if not keep.any():
             continue
-        images = torch.from_numpy(c["frames"][keep.numpy()]).permute(0, 3, 1, 2).float().div(255).to(device)
-        out = model(images, audio_tokens=cache.tokens[i][keep].to(device))
-        all_labels.append(patch_labels_from_audio(out["z_patch"], out["z_audio"], high, low, normalize).cpu())
+        all_labels.append(labels[keep])
         truth = torch.from_numpy((c["masks"][keep.numpy()] > 0).astype(np.float32))[:, None]  # (B, 1, H, W)
         all_truth.append(F.adaptive_avg_pool2d(truth, out["visual"].grid).flatten(1) > 0.5)  # (B, N)
     if not all_labels:
         raise PcasError(f"{ckpt_dir.parent}: the listener hears no labelled class in any masked train frame")
     return {"weights": name, "high": high, "low": low,
-            **patch_label_scores(torch.cat(all_labels).flatten(), torch.cat(all_truth).flatten())}
+            **patch_label_scores(torch.cat(all_labels).flatten(), torch.cat(all_truth).flatten()),
+            "cmcc_crops": [{"ignored_score": score, "trained_with": score == crop.get("ignored_score", 0.5),
+                            **crop_shares(n)} for score, n in counts.items()]}
 
 
 def probe_data(features: ArtifactReader, targets: np.ndarray, has: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -365,6 +400,10 @@ def print_report(report: dict[str, Any]) -> None:
         table.add_row(f"CMPC labels of {p['weights']}: sounding share / precision / recall",
                       f"{p['positive_share']:.2f} / {p['precision']:.2f} / {p['recall']:.2f}", "",
                       f"base rate {p['base_rate']:.2f}")
+        for c in p["cmcc_crops"]:
+            table.add_row(f"CMCC crops of {p['weights']}, ignored cells counting {c['ignored_score']:g}"
+                          f"{' (as trained)' if c['trained_with'] else ''}: negative crops / frames with both",
+                          f"{c['negative_crops']:.2f} / {c['frames_with_both']:.2f}", "", "")
     if "prompts" in report:
         own, other = report["prompts"]["own"], report["prompts"]["other_clip"]
         table.add_row(f"{report['prompts']['listener']} alone, val mAP / exact set: own frames -> another clip's",
@@ -411,7 +450,8 @@ def run(cfg: DiagnoseConfig) -> Path:
         report.update(listener_report(cfg, {s: hearing_of(s) for s in splits}, {s: targets_of(s) for s in splits}))
     if cfg.patch_labels:
         train = open_features(cfg.run, "train")
-        report["patch_labels"] = [patch_label_report(ckpt_dir, name, train, hearing_of("train")[0], device)
+        report["patch_labels"] = [patch_label_report(ckpt_dir, name, train, hearing_of("train")[0], device,
+                                                     cfg.crop_ignored_scores, cfg.seed)
                                   for name in cfg.patch_labels]
     if cfg.prompt_check:
         report["prompts"] = prompt_report(cfg, device, targets_of("val"))
