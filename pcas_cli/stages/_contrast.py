@@ -168,7 +168,8 @@ class ContrastTask(TrainTask):
                                                       video_patches=out["z_patch"] if cfg.cmc_patch_match else None,
                                                       patch_k=round(cfg.cmc_patch_share * out["z_patch"].shape[1]))
         if cfg.cmpc or cfg.cmcc:
-            patch_labels = self.patch_labels(out["z_patch"].detach(), out["z_audio"].detach(), sounding)  # (B, N)
+            patch_labels = frame_patch_labels(out["z_patch"].detach(), out["z_audio"].detach(), sounding.any(dim=1),
+                                              cfg.cmpc_params)  # (B, N)
         if cfg.cmpc:
             terms["cmpc"] = cfg.weights.cmpc * cmpc_loss(v.patch_tokens, patch_labels)
         if cfg.cmcc:
@@ -179,12 +180,13 @@ class ContrastTask(TrainTask):
                                                          cfg.cmcc_params.temperature, cfg.cmcc_params.eps)
         return terms
 
-    def patch_labels(self, z_patch: Tensor, z_audio: Tensor, sounding: Tensor) -> Tensor:
-        """CMPC labels (eq. 2); frames whose second is silent carry no audio evidence and are ignored."""
-        p = self.cfg.cmpc_params
-        labels = patch_labels_from_audio(z_patch, z_audio, p.high, p.low, normalize=p.normalize)
-        labels[sounding.sum(dim=1) == 0] = IGNORE
-        return labels
+
+def frame_patch_labels(z_patch: Tensor, z_audio: Tensor, heard: Tensor, params: CMPCParams) -> Tensor:
+    """CMPC labels (eq. 2) (B, N) in {0, 1, IGNORE}; frames whose second is silent (heard (B,) False) carry no audio
+    evidence and are ignored. What refine trains on, and what `pcas diagnose` scores."""
+    labels = patch_labels_from_audio(z_patch, z_audio, params.high, params.low, normalize=params.normalize)
+    labels[~heard] = IGNORE
+    return labels
 
 
 def heard_classes(probs: Tensor, labels: Tensor, threshold: float) -> Tensor:

@@ -53,14 +53,15 @@ from pcas_cli.artifacts import ArtifactReader
 from pcas_cli.config import to_dict
 from pcas_cli.console import CONSOLE, progress
 from pcas_cli.errors import PcasError
-from pcas_cli.losses import IGNORE, crop_labels_from_patch_labels, patch_labels_from_audio
+from pcas_cli.losses import IGNORE, crop_labels_from_patch_labels
 from pcas_cli.metrics_cls import mean_average_precision, set_accuracy_by_sources
 from pcas_cli.seed import seed_everything
 from pcas_cli.stages._common import (AudioCache, AudioModelConfig, VisualModelConfig, base_spec, build_audio,
                                      build_audio_cache, build_visual, classes_in_masks, frame_classes_from_masks,
                                      frames_to_tensor, listen, listener, listener_names, open_features,
                                      resolve_device, run_paths, second_targets, stage_config, visual_from_checkpoint)
-from pcas_cli.stages._contrast import heard_classes, heard_counts, random_boxes, sounding_share
+from pcas_cli.stages._contrast import (CMCCParams, CMPCParams, frame_patch_labels, heard_classes, heard_counts,
+                                       random_boxes, sounding_share)
 from pcas_cli.training.data import AugmentConfig, spec_augment
 from pcas_cli.writing import write_json
 
@@ -231,8 +232,7 @@ def patch_label_report(ckpt_dir: Path, name: str, train: ArtifactReader, cache: 
     if not model.has_projections:
         raise PcasError(f"{ckpt_dir / name}.pt: has no projection heads (the Looking encoder): no patch labels")
     trained = ckpt["provenance"]["config"]
-    high, low, normalize = (trained["cmpc_params"][k] for k in ("high", "low", "normalize"))
-    crop = trained["cmcc_params"]
+    cmpc, crop = CMPCParams(**trained["cmpc_params"]), CMCCParams(**trained["cmcc_params"])
     threshold = ckpt["provenance"].get("audio_threshold", trained["audio_threshold"])  # chosen on val, or as set
     model = model.to(device).eval()
     generator = torch.Generator().manual_seed(seed)
@@ -241,14 +241,12 @@ def patch_label_report(ckpt_dir: Path, name: str, train: ArtifactReader, cache: 
     for i in range(len(train)):
         c = train.clip(i, ("frames", "masks", "mask_valid", "labels"))
         heard = heard_classes(cache.probs[i], torch.from_numpy(c["labels"])[None], threshold).any(-1)  # (T,)
-        images = torch.from_numpy(c["frames"]).permute(0, 3, 1, 2).float().div(255).to(device)
-        out = model(images, audio_tokens=cache.tokens[i].to(device))
-        labels = patch_labels_from_audio(out["z_patch"], out["z_audio"], high, low, normalize).cpu()  # (T, N)
-        labels[~heard] = IGNORE  # no audio evidence in a silent second (ContrastTask.patch_labels)
-        boxes = random_boxes(len(labels), crop["crops"], crop["crop_fraction"], generator)
+        out = model(frames_to_tensor(c["frames"], device), audio_tokens=cache.tokens[i].to(device))
+        labels = frame_patch_labels(out["z_patch"], out["z_audio"], heard.to(device), cmpc).cpu()  # (T, N)
+        boxes = random_boxes(len(labels), crop.crops, crop.crop_fraction, generator)
         for score in ignored_scores:
             positive = crop_labels_from_patch_labels(labels.view(len(labels), *out["visual"].grid), boxes,
-                                                     crop["positive_share"], score)
+                                                     crop.positive_share, score)
             counts[score] += crop_counts(positive)
         keep = torch.from_numpy(c["mask_valid"]).bool() & heard  # (T,)
         if not keep.any():
@@ -258,9 +256,9 @@ def patch_label_report(ckpt_dir: Path, name: str, train: ArtifactReader, cache: 
         all_truth.append(F.adaptive_avg_pool2d(truth, out["visual"].grid).flatten(1) > 0.5)  # (B, N)
     if not all_labels:
         raise PcasError(f"{ckpt_dir.parent}: the listener hears no labelled class in any masked train frame")
-    return {"weights": name, "high": high, "low": low,
+    return {"weights": name, "high": cmpc.high, "low": cmpc.low,
             **patch_label_scores(torch.cat(all_labels).flatten(), torch.cat(all_truth).flatten()),
-            "cmcc_crops": [{"ignored_score": score, "trained_with": score == crop.get("ignored_score", 0.5),
+            "cmcc_crops": [{"ignored_score": score, "trained_with": score == crop.ignored_score,
                             **crop_shares(n)} for score, n in counts.items()]}
 
 
