@@ -404,6 +404,8 @@ def _record_timing(started: float) -> None:
     import resource
     import time
 
+    from pcas_cli.provenance import machine
+
     path = os.environ.get("PCAS_TIMINGS")
     if not path or len(sys.argv) < 2 or sys.argv[1].startswith("-"):
         return
@@ -411,7 +413,8 @@ def _record_timing(started: float) -> None:
     peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     record = {"command": sys.argv[1], "argv": sys.argv[2:], "seconds": round(time.time() - started, 2),
-              "peak_rss_mb": round(peak / 1024, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+              "peak_rss_mb": round(peak / 1024, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+              "machine": machine()}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")

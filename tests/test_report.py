@@ -9,7 +9,8 @@ import pytest
 
 from pcas_cli.artifacts import ArtifactWriter
 from pcas_cli.errors import PcasError
-from pcas_cli.stages.report import README_END, README_START, ReportConfig, run
+from pcas_cli.provenance import machine
+from pcas_cli.stages.report import README_END, README_START, ReportConfig, machines_line, run, timing_table
 
 
 def _metrics(path: Path, miou: float, fscore: float, per_class: dict | None = None,
@@ -134,7 +135,7 @@ def test_bound_convergence_line_flags_only_a_still_rising_bound() -> None:
 
 
 def test_table4_over_seeds_gives_mean_std_and_removal_gains(tmp_path: Path) -> None:
-    from pcas_cli.stages.report import ABLATION_ROWS, table4, timing_table
+    from pcas_cli.stages.report import ABLATION_ROWS, table4
 
     runs = tmp_path / "runs"
     base = {"none": 0.50, "cmc": 0.51, "cmpc": 0.52, "cmcc": 0.515, "cmpc-cmcc": 0.53, "cmc-cmpc": 0.54,
@@ -178,10 +179,18 @@ def test_table4_over_seeds_gives_mean_std_and_removal_gains(tmp_path: Path) -> N
            ("pseudo-label", ["--split", "val", "--out", "ablations/cmc-s2"], 5.0)]
     timings.write_text("".join(json.dumps({"command": c, "argv": ["--run", str(runs / "x-avss"), *a], "seconds": t,
                                            "peak_rss_mb": 900.0 + t}) + "\n" for c, a, t in log))
-    lines, _ = timing_table(ReportConfig(runs=runs, prefix="x", timings=timings))
+    lines, rows = timing_table(ReportConfig(runs=runs, prefix="x", timings=timings))
     assert "| x-avss | `refine --name refine-cmc` | 10.0 | 910 |" in lines
     assert "| x-avss | 2 commands of the extra Table 4 seeds | 16.0 | 911 |" in lines
     assert not any("refine-cmc-s1" in line for line in lines)
+    # where the commands ran: said only when that is not just this machine
+    assert machines_line([{**r, "machine": machine()} for r in rows]) == ""
+    assert machines_line(rows) == ("The timed commands ran on a machine not recorded (timings logged before "
+                                   "2026-12-06) (x-avss).")
+    a, b = "CPU A, 2 cores, no GPU", "CPU B, 2 cores, no GPU"
+    mixed = [{"run": "x-s4", "machine": a}, {"run": "x-ms3", "machine": b}, {"run": "x-avss", "machine": a}]
+    assert machines_line(mixed) == ("The timed commands ran on CPU A, 2 cores, no GPU (x-avss, x-s4); "
+                                    "CPU B, 2 cores, no GPU (x-ms3).")
 
 
 def test_refuses_a_folder_without_the_run_family_and_leaves_the_readme_alone(tmp_path: Path, monkeypatch) -> None:
@@ -248,3 +257,19 @@ def test_table3_shows_tvp_prompted_with_another_clips_frames(tmp_path) -> None:
         {"val": {"frames": 10}, "prompts": {"listener": "tvp", "own": own, "other_clip": other}}))
     assert f"| {label} | – | – | – | – | 0.550 | 0.250 |" in table3(cfg)[0]
     assert f"| {label} | 50.00 | 40.00 | 60.00 | 0.00 | 0.00 | 2 / 5 / 3 |" in listener_sources_table(cfg)[0]
+
+
+def test_a_timed_command_records_where_it_ran(tmp_path: Path, monkeypatch) -> None:
+    import time
+
+    from pcas_cli.cli import _record_timing
+
+    log = tmp_path / "timings.jsonl"
+    monkeypatch.setenv("PCAS_TIMINGS", str(log))
+    monkeypatch.setattr("sys.argv", ["pcas", "refine", "--run", "data/runs/x-avss"])
+    _record_timing(time.time() - 2.0)
+    record = json.loads(log.read_text())
+    assert record["command"] == "refine" and record["argv"] == ["--run", "data/runs/x-avss"]
+    assert record["seconds"] >= 2.0 and record["machine"] == machine() and " cores, " in machine()
+    rows = timing_table(ReportConfig(runs=tmp_path, prefix="x", timings=log))[1]
+    assert rows[0]["machine"] == machine() and machines_line(rows) == ""

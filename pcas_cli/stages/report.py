@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import time
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import numpy as np
 from pcas_cli.console import CONSOLE
 from pcas_cli.errors import PcasError
 from pcas_cli.metrics import BOOTSTRAP_RESAMPLES
+from pcas_cli.provenance import machine
 from pcas_cli.stages.compare import compare
 from pcas_cli.writing import write_json, write_text
 
@@ -59,18 +59,9 @@ def _pct(x: float | None) -> str:
 
 
 def machine_line() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import torch
 
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{time.strftime('%Y-%m-%d')}, {cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
+    return f"{time.strftime('%Y-%m-%d')}, {machine()}, torch {torch.__version__}"
 
 
 def metrics_of(runs: Path, run: str, name: str) -> dict[str, Any] | None:
@@ -496,7 +487,7 @@ def timing_table(cfg: ReportConfig) -> tuple[list[str], list[dict[str, Any]]]:
         # Keyed by what the command writes, so a rerun with other options replaces the old row instead of adding one.
         latest[(run, rec["command"], *_output_of(rec["argv"]))] = {**rec, "detail": _describe_argv(rec["argv"])}
     rows = [{"run": k[0], "command": f"{k[1]} {v['detail']}".strip(), "seconds": v["seconds"],
-             "peak_rss_mb": v["peak_rss_mb"]} for k, v in sorted(latest.items())]
+             "peak_rss_mb": v["peak_rss_mb"], "machine": v.get("machine")} for k, v in sorted(latest.items())]
     lines = ["| run | command | wall time (s) | peak memory (MiB) |", "|---|---|---|---|"]
     # the extra Table 4 seeds repeat the seed-0 rows' commands: one summary line per run instead of ~35 each
     seeded: dict[str, list[dict[str, Any]]] = {}
@@ -511,6 +502,19 @@ def timing_table(cfg: ReportConfig) -> tuple[list[str], list[dict[str, Any]]]:
     total = sum(r["seconds"] for r in rows)
     lines.append(f"| all | | {total:.1f} | {max((r['peak_rss_mb'] for r in rows), default=0):.0f} |")
     return lines, rows
+
+
+def machines_line(rows: list[dict[str, Any]]) -> str:
+    """A sentence naming where the timed commands ran, when that is not only this machine (runs copied from another
+    machine, or a run family measured on several): times and, on CPUs, even the numbers differ between machines."""
+    runs_on: dict[str, set[str]] = {}
+    for r in rows:
+        runs_on.setdefault(r.get("machine") or "a machine not recorded (timings logged before 2026-12-06)",
+                           set()).add(r["run"])
+    if not runs_on or set(runs_on) == {machine()}:
+        return ""
+    return "The timed commands ran on " + "; ".join(f"{m} ({', '.join(sorted(runs))})"
+                                                    for m, runs in sorted(runs_on.items())) + "."
 
 
 _EXTRA_SEED = re.compile(r"\w-s[1-9]\d*\b")  # align-s1, ablations/cmc-s2, ...: names of extra Table 4 seeds
@@ -649,7 +653,8 @@ def run(cfg: ReportConfig) -> Path:
         picture = write_examples(cfg, out, failures=failures)
         if picture is not None:
             sections.append(f"#### {title}\n\n![{picture.stem}]({{img}}{picture.name})")
-    body = f"Measured {data['machine']}.\n\n" + "\n\n".join(sections) + "\n"
+    ran_on = machines_line(data["timings"])
+    body = f"Measured {data['machine']}.{' ' + ran_on if ran_on else ''}\n\n" + "\n\n".join(sections) + "\n"
     md = write_text(out / f"{cfg.prefix}.md", f"# Results: {cfg.prefix} runs\n\n{body.replace('{img}', '')}")
     write_json(out / f"{cfg.prefix}.json", data)
     if cfg.update_readme:
