@@ -491,3 +491,25 @@ def test_table4_control_trains_the_classifier_alone(run_dir: Path, tmp_path: Pat
     pcas("pseudo-label", "--run", str(run2), "--device", "cpu", "--set", "scales=[1.0]", "--split", "val",
          "--weights", "refine-none", "--out", "ablations/none")
     assert (run2 / "ablations/none/val.h5").exists()
+
+
+def test_report_snapshots_a_real_run_and_rebuilds_its_tables_without_it(run_dir: Path, tmp_path: Path,
+                                                                         monkeypatch) -> None:
+    """`pcas report` over a real AVSS-layout run: the values it derives from HDF5 artifacts (listener errors, the
+    pictures) are taken into the snapshot, so the same tables come back once the run folder is gone."""
+    monkeypatch.chdir(tmp_path)
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    runs.mkdir()
+    (runs / "p-avss").symlink_to(run_dir)
+    pcas("report", "--runs", str(runs), "--out", str(out), "--prefix", "p", "--no-update-readme")
+    text = (out / "p.md").read_text()
+    derived = json.loads((out / "runs/p-avss/derived.json").read_text())
+    feats = read_features(run_dir / "features/test.h5")
+    annotated = sum(int(feats.read("mask_valid", i).sum()) for i in range(len(feats)))
+    assert sum(g["frames"] for g in derived["listener_errors"].values()) == annotated
+    for section in ("#### Error analysis", "![p-examples](p-examples.png)", "| Fully supervised |"):
+        assert section in text
+    assert (out / "runs/p-avss/metrics/pcas.json").exists() and (out / "p-examples.png").exists()
+    (runs / "p-avss").unlink()
+    pcas("report", "--runs", str(runs), "--out", str(out), "--prefix", "p", "--no-update-readme")
+    assert (out / "p.md").read_text().split("\n\n", 2)[2] == text.split("\n\n", 2)[2]

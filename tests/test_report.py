@@ -10,7 +10,7 @@ import pytest
 from pcas_cli.artifacts import ArtifactWriter
 from pcas_cli.errors import PcasError
 from pcas_cli.provenance import machine
-from pcas_cli.stages.report import README_END, README_START, ReportConfig, machines_line, run, timing_table
+from pcas_cli.stages.report import DERIVED, README_END, README_START, ReportConfig, run, timing_table
 
 
 def _metrics(path: Path, miou: float, fscore: float, per_class: dict | None = None,
@@ -113,6 +113,30 @@ def test_tables_and_readme_block(tmp_path: Path, monkeypatch) -> None:
     assert data["table2"]["supervised_val_curve"] == [0.2, 0.3, 0.32]
     readme = (tmp_path / "README.md").read_text()
     assert readme.startswith("intro\n") and readme.endswith("outro\n") and "old" in readme  # prefix x: untouched
+    # the tables come from snapshots of the runs, which name their origin (no machine in these timings: the one that
+    # took the snapshot)
+    origin = json.loads((tmp_path / f"results/runs/x-avss/{DERIVED}").read_text())["snapshot"]
+    assert origin["machine"] == machine() and data["sources"]["x-avss"]["machines"] == [machine()]
+    assert f"Runs: x-s4 (snapshot of {origin['taken']}, code {origin['code_version']}; ran on {machine()}); x-avss" \
+        in text
+    assert (tmp_path / "results/runs/x-s4/metrics/pcas.json").exists()
+    assert len((tmp_path / "results/runs/x-avss/timings.jsonl").read_text().splitlines()) == len(log)
+    # a run folder deleted (or measured on another machine) keeps its cells: the same tables from the snapshots
+    import shutil
+
+    shutil.rmtree(runs / "x-avss")
+    shutil.rmtree(runs / "x-s4")
+    (tmp_path / "results/x-examples.png").write_bytes(b"png")  # drawn when the AVSS run was here
+    again = run(ReportConfig(runs=runs, out=tmp_path / "results", prefix="x", timings=timings)).read_text()
+    assert again.split("\n\n", 2)[2] == text.split("\n\n", 2)[2] + "\n#### Typical test frames (AVSS-layout " \
+        "test split)\n\n![x-examples](x-examples.png)\n"
+    # a run present again replaces its snapshot (the deleted run's stays)
+    _metrics(runs / "x-s4/metrics/pcas.json", 0.7, 0.8)
+    (tmp_path / "results/runs/x-s4.tmp").mkdir()  # left by a killed report
+    text = run(ReportConfig(runs=runs, out=tmp_path / "results", prefix="x", timings=timings)).read_text()
+    assert "| PCAS | 80.00 | 70.00 | – | – |" in text and "| Weakly supervised | PCAS | 45.00 | 40.00 |" in text
+    assert not (tmp_path / "results/runs/x-s4/metrics/cam.json").exists()
+    assert not (tmp_path / "results/runs/x-s4.tmp").exists()
     _metrics(runs / "synth-s4/metrics/pcas.json", 0.5, 0.6)
     run(ReportConfig(runs=runs, out=tmp_path / "results", prefix="synth", timings=timings))
     readme = (tmp_path / "README.md").read_text()
@@ -121,7 +145,7 @@ def test_tables_and_readme_block(tmp_path: Path, monkeypatch) -> None:
     (tmp_path / "README.md").write_text("a\n<!-- results-x:start -->\nstale\n<!-- results-x:end -->\nb\n")
     run(ReportConfig(runs=runs, out=tmp_path / "results", prefix="x", timings=timings))
     readme = (tmp_path / "README.md").read_text()
-    assert "stale" not in readme and "| PCAS | 60.00 | 50.00 | – | – |" in readme and readme.endswith("b\n")
+    assert "stale" not in readme and "| PCAS | 80.00 | 70.00 | – | – |" in readme and readme.endswith("b\n")
 
 
 def test_bound_convergence_line_flags_only_a_still_rising_bound() -> None:
@@ -179,18 +203,10 @@ def test_table4_over_seeds_gives_mean_std_and_removal_gains(tmp_path: Path) -> N
            ("pseudo-label", ["--split", "val", "--out", "ablations/cmc-s2"], 5.0)]
     timings.write_text("".join(json.dumps({"command": c, "argv": ["--run", str(runs / "x-avss"), *a], "seconds": t,
                                            "peak_rss_mb": 900.0 + t}) + "\n" for c, a, t in log))
-    lines, rows = timing_table(ReportConfig(runs=runs, prefix="x", timings=timings))
+    lines, _ = timing_table(ReportConfig(runs=runs, prefix="x", timings=timings))
     assert "| x-avss | `refine --name refine-cmc` | 10.0 | 910 |" in lines
     assert "| x-avss | 2 commands of the extra Table 4 seeds | 16.0 | 911 |" in lines
     assert not any("refine-cmc-s1" in line for line in lines)
-    # where the commands ran: said only when that is not just this machine
-    assert machines_line([{**r, "machine": machine()} for r in rows]) == ""
-    assert machines_line(rows) == ("The timed commands ran on a machine not recorded (timings logged before "
-                                   "2026-12-06) (x-avss).")
-    a, b = "CPU A, 2 cores, no GPU", "CPU B, 2 cores, no GPU"
-    mixed = [{"run": "x-s4", "machine": a}, {"run": "x-ms3", "machine": b}, {"run": "x-avss", "machine": a}]
-    assert machines_line(mixed) == ("The timed commands ran on CPU A, 2 cores, no GPU (x-avss, x-s4); "
-                                    "CPU B, 2 cores, no GPU (x-ms3).")
 
 
 def test_refuses_a_folder_without_the_run_family_and_leaves_the_readme_alone(tmp_path: Path, monkeypatch) -> None:
@@ -272,4 +288,4 @@ def test_a_timed_command_records_where_it_ran(tmp_path: Path, monkeypatch) -> No
     assert record["command"] == "refine" and record["argv"] == ["--run", "data/runs/x-avss"]
     assert record["seconds"] >= 2.0 and record["machine"] == machine() and " cores, " in machine()
     rows = timing_table(ReportConfig(runs=tmp_path, prefix="x", timings=log))[1]
-    assert rows[0]["machine"] == machine() and machines_line(rows) == ""
+    assert rows[0]["machine"] == machine()

@@ -3,6 +3,12 @@ metrics JSON files the eval stage wrote, plus per-stage time and peak memory and
 
 Writes <out>/<prefix>.md and <out>/<prefix>.json, <out>/<prefix>-examples.png, and (for the embedded data) refreshes
 the results block of README.md between its markers.
+
+The tables are built from snapshots, not from the run folders themselves: each run folder present is first copied
+(its metrics, the bound's training log, its timing records and what the report derives from its HDF5 artifacts, a
+few hundred KiB) to <out>/runs/<run>/, replacing that run's older snapshot. A run measured earlier, on another
+machine or before its folder was deleted, keeps its cells; every number in the tables can be traced to a committed
+metrics file with its provenance.
 """
 
 from __future__ import annotations
@@ -10,8 +16,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,7 +27,7 @@ import numpy as np
 from pcas_cli.console import CONSOLE
 from pcas_cli.errors import PcasError
 from pcas_cli.metrics import BOOTSTRAP_RESAMPLES
-from pcas_cli.provenance import machine
+from pcas_cli.provenance import code_version, machine
 from pcas_cli.stages.compare import compare
 from pcas_cli.writing import write_json, write_text
 
@@ -46,7 +53,8 @@ class ReportConfig:
     runs: Path = Path("data/runs")  # folder holding the run folders
     out: Path = Path("results")  # where tables, JSON and pictures go
     prefix: str = "synth"  # run family: <prefix>-s4, <prefix>-ms3, <prefix>-avss
-    timings: Path = Path("data/timings.jsonl")  # per-command wall time / peak memory log (Makefile sets it)
+    timings: Path = Path("data/timings.jsonl")  # per-command wall time / peak memory log (Makefile sets it); or
+    # a folder of snapshots, each with its run's records in timings.jsonl
     update_readme: bool = True  # refresh README.md's block for this prefix (see readme_markers), if it has one
 
 
@@ -403,7 +411,7 @@ def crf_per_class_table(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
             continue
         data[name] = {"before": b["iou"], "after": a["iou"]}
         lines.append(f"| {name} | {_pct(b['iou'])} | {_pct(a['iou'])} | {100 * (a['iou'] - b['iou']):+.2f} |")
-    choice = crf_choice(Path(cfg.runs) / run / "crf/test.h5")
+    choice = derived(cfg, run).get("crf_choice")
     if choice:
         data["crf_choice"] = choice
         tried = ", ".join(f"{k} {_pct(v)}" for k, v in choice["val_miou"].items())
@@ -432,18 +440,18 @@ def listener_hears_right(feats: Any, pcas: Any, i: int) -> np.ndarray:
     return (heard == truth).all(axis=1)
 
 
-def listener_error_table(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
+def listener_error_data(run: Path) -> dict[str, Any]:
     """PCAS test mIoU on the frames where the listener's sounding set (at the presence threshold chosen on val) is
-    exactly right vs wrong (AVSS layout): how much of the gap to full supervision is listening."""
+    exactly right vs wrong (AVSS layout), from the run's HDF5 artifacts: how much of the gap to full supervision is
+    listening. Empty where the run lacks them."""
     from pcas_cli.artifacts import read_features, read_predictions
     from pcas_cli.metrics import SemanticScores
 
-    run = cfg.runs / f"{cfg.prefix}-avss"
     if not (run / "pseudo/test.h5").exists() or not (run / "features/test.h5").exists():
-        return [], {}
+        return {}
     feats, pred = read_features(run / "features/test.h5"), read_predictions(run / "pseudo/test.h5")
     if "presence_threshold" not in pred.meta:
-        return [], {}
+        return {}
     k = len(feats.classes) + 1
     groups = {"right": SemanticScores(k), "wrong": SemanticScores(k)}
     counts = {"right": 0, "wrong": 0}
@@ -455,29 +463,31 @@ def listener_error_table(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
             g = "right" if right[t] else "wrong"
             counts[g] += 1
             groups[g].update(masks[t:t + 1], clip["masks"][t:t + 1])
-    lines = ["| listener's sounding set | frames | PCAS mIoU | PCAS mIoU (present classes) |", "|---|---|---|---|"]
     data: dict[str, Any] = {}
     for g, acc in groups.items():
-        if counts[g] == 0:
-            continue
-        r = acc.result()
-        data[g] = {"frames": counts[g], "miou": float(r["miou"]), "miou_present": float(r["miou_present"])}
-        lines.append(f"| {g} | {counts[g]} | {_pct(r['miou'])} | {_pct(r['miou_present'])} |")
+        if counts[g]:
+            r = acc.result()
+            data[g] = {"frames": counts[g], "miou": float(r["miou"]), "miou_present": float(r["miou_present"])}
+    return data
+
+
+def listener_error_table(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
+    data = derived(cfg, f"{cfg.prefix}-avss").get("listener_errors") or {}
+    lines = ["| listener's sounding set | frames | PCAS mIoU | PCAS mIoU (present classes) |", "|---|---|---|---|"]
+    lines += [f"| {g} | {d['frames']} | {_pct(d['miou'])} | {_pct(d['miou_present'])} |" for g, d in data.items()]
     return lines, data
 
 
 def timing_table(cfg: ReportConfig) -> tuple[list[str], list[dict[str, Any]]]:
-    """Latest wall time and peak memory per (run, command) from the timings log."""
-    if not cfg.timings.exists():
-        return [], []
+    """Latest wall time and peak memory per (run, command) from the timings log (or the snapshots' logs)."""
+    logs = sorted(cfg.timings.glob("*/timings.jsonl")) if cfg.timings.is_dir() else [cfg.timings]
     records = []
-    for line in cfg.timings.read_text().splitlines():
-        rec = json.loads(line)
-        argv = rec["argv"]
-        run = next((Path(argv[i + 1]).name for i, a in enumerate(argv[:-1]) if a in ("--run", "--root")), "")
-        run = run or next((Path(a).parent.parent.name for a in argv if a.endswith(".h5")), "")
-        if run.startswith(cfg.prefix):
-            records.append((run, rec))
+    for log in logs:
+        for line in log.read_text().splitlines() if log.exists() else []:
+            rec = json.loads(line)
+            run = run_of(rec["argv"])
+            if run.startswith(cfg.prefix):
+                records.append((run, rec))
     # A stage that ran before its run's latest `extract` worked on an older data set: not part of this run any more.
     extracted = {run: rec.get("finished", "") for run, rec in records if rec["command"] == "extract"}
     latest: dict[tuple[str, str], dict[str, Any]] = {}
@@ -504,17 +514,10 @@ def timing_table(cfg: ReportConfig) -> tuple[list[str], list[dict[str, Any]]]:
     return lines, rows
 
 
-def machines_line(rows: list[dict[str, Any]]) -> str:
-    """A sentence naming where the timed commands ran, when that is not only this machine (runs copied from another
-    machine, or a run family measured on several): times and, on CPUs, even the numbers differ between machines."""
-    runs_on: dict[str, set[str]] = {}
-    for r in rows:
-        runs_on.setdefault(r.get("machine") or "a machine not recorded (timings logged before 2026-12-06)",
-                           set()).add(r["run"])
-    if not runs_on or set(runs_on) == {machine()}:
-        return ""
-    return "The timed commands ran on " + "; ".join(f"{m} ({', '.join(sorted(runs))})"
-                                                    for m, runs in sorted(runs_on.items())) + "."
+def run_of(argv: list[str]) -> str:
+    """The run folder a logged command worked in: its --run / --root, else the folder of its .h5 paths."""
+    run = next((Path(argv[i + 1]).name for i, a in enumerate(argv[:-1]) if a in ("--run", "--root")), "")
+    return run or next((Path(a).parent.parent.name for a in argv if a.endswith(".h5")), "")
 
 
 _EXTRA_SEED = re.compile(r"\w-s[1-9]\d*\b")  # align-s1, ablations/cmc-s2, ...: names of extra Table 4 seeds
@@ -613,9 +616,75 @@ def _overlay(frame: np.ndarray, colours: np.ndarray, mask: np.ndarray, alpha: fl
     return out.astype(np.uint8)
 
 
-def check_runs(cfg: ReportConfig) -> None:
-    """Refuse to write a report (and blank the README's tables) from a folder holding nothing of this run family."""
+LAYOUTS = ("s4", "ms3", "avss")
+SNAPSHOT_FILES = ("metrics/*.json", "ckpt/supervised.log.jsonl")  # what the tables read from a run folder
+DERIVED = "derived.json"  # a snapshot's values the report computes from its run's HDF5 artifacts, and its origin
+
+
+def derive(run: Path) -> dict[str, Any]:
+    """What the tables need from a run's HDF5 artifacts (too large to snapshot)."""
+    return {"listener_errors": listener_error_data(run), "crf_choice": crf_choice(run / "crf/test.h5")}
+
+
+def derived(cfg: ReportConfig, run: str) -> dict[str, Any]:
+    """A snapshot's derived values; computed on the spot where cfg.runs is a folder of run folders."""
+    path = Path(cfg.runs) / run / DERIVED
+    return json.loads(path.read_text()) if path.exists() else derive(Path(cfg.runs) / run)
+
+
+def snapshot_run(run: Path, dest: Path, timings: Path) -> None:
+    """Copy what the report reads from one run folder to dest, replacing an older snapshot of that run: its metrics,
+    the bound's training log, its records of the timings log, and its derived values with when and where the
+    snapshot was taken. Written beside dest, then swapped in: a killed report leaves the old snapshot."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for pattern in SNAPSHOT_FILES:
+        for src in sorted(run.glob(pattern)):
+            (tmp / src.relative_to(run)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, tmp / src.relative_to(run))
+    lines = timings.read_text().splitlines() if timings.is_file() else []
+    (tmp / "timings.jsonl").write_text("".join(f"{line}\n" for line in lines
+                                               if run_of(json.loads(line)["argv"]) == run.name))
+    origin = {"taken": time.strftime("%Y-%m-%d"), "machine": machine(), "code_version": code_version()}
+    write_json(tmp / DERIVED, {**derive(run), "snapshot": origin})
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+
+
+def snapshot_runs(cfg: ReportConfig, snapshots: Path) -> list[str]:
+    """Snapshot every run of the family whose folder is here and has metrics; returns their names."""
+    taken = []
+    for layout in LAYOUTS:
+        run = Path(cfg.runs) / f"{cfg.prefix}-{layout}"
+        if any(run.glob("metrics/*.json")):
+            snapshot_run(run, snapshots / run.name, Path(cfg.timings))
+            taken.append(run.name)
+    return taken
+
+
+def sources_line(view: ReportConfig, rows: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    """Where each run's numbers come from: when its snapshot was taken, and the machines its timed commands ran on
+    (numbers, not only times, differ between CPU models), or the machine that took the snapshot where the timings
+    log recorded none (before 2026-12-06)."""
+    sources: dict[str, Any] = {}
+    for layout in LAYOUTS:
+        run = f"{view.prefix}-{layout}"
+        if (Path(view.runs) / run / DERIVED).exists():
+            origin = derived(view, run)["snapshot"]
+            machines = sorted({r["machine"] for r in rows if r["run"] == run and r.get("machine")})
+            sources[run] = {**origin, "machines": machines or [origin["machine"]]}
+    parts = [f"{run} (snapshot of {s['taken']}, code {s['code_version']}; ran on {' and '.join(s['machines'])})"
+             for run, s in sources.items()]
+    return "Runs: " + "; ".join(parts) + ".", sources
+
+
+def check_runs(cfg: ReportConfig, snapshots: Path) -> None:
+    """Refuse to write a report (and blank the README's tables) when neither the runs folder nor the snapshots hold
+    anything of this run family."""
     runs = Path(cfg.runs)
+    if any(snapshots.glob(f"{cfg.prefix}-*/{DERIVED}")):
+        return
     if not runs.is_dir():
         raise PcasError(f"{runs}: no such runs folder (pass --runs, the folder holding the run folders)")
     if not any(runs.glob(f"{cfg.prefix}-*/metrics/*.json")):
@@ -624,9 +693,12 @@ def check_runs(cfg: ReportConfig) -> None:
 
 
 def run(cfg: ReportConfig) -> Path:
-    check_runs(cfg)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    snapshots = out / "runs"
+    check_runs(cfg, snapshots)
+    taken = snapshot_runs(cfg, snapshots)
+    # every table reads the snapshots: a run measured before (elsewhere, or since deleted) keeps its cells
+    view = replace(cfg, runs=snapshots, timings=snapshots)
     sections: list[str] = []
     data: dict[str, Any] = {"machine": machine_line(), "prefix": cfg.prefix}
     for title, fn, key in (
@@ -644,17 +716,22 @@ def run(cfg: ReportConfig) -> Path:
          "crf_per_class"),
         ("Time and peak memory per stage (latest run of each command)", timing_table, "timings"),
     ):
-        lines, values = fn(cfg)
+        lines, values = fn(view)
         data[key] = values
         if lines and values:  # a table with no row is left out
             sections.append(f"#### {title}\n\n" + "\n".join(lines))
+    avss = f"{cfg.prefix}-avss"
     for failures, title in ((False, "Typical test frames (AVSS-layout test split)"),
                             (True, "Failures: test frames where the listener hears the wrong set of classes")):
-        picture = write_examples(cfg, out, failures=failures)
+        picture = write_examples(cfg, out, failures=failures) if avss in taken else None
+        kept = out / f"{cfg.prefix}-{'failures' if failures else 'examples'}.png"
+        if picture is None and avss not in taken and (snapshots / avss).is_dir() and kept.exists():
+            picture = kept  # drawn when the AVSS run was last here
         if picture is not None:
             sections.append(f"#### {title}\n\n![{picture.stem}]({{img}}{picture.name})")
-    ran_on = machines_line(data["timings"])
-    body = f"Measured {data['machine']}.{' ' + ran_on if ran_on else ''}\n\n" + "\n\n".join(sections) + "\n"
+    sources, data["sources"] = sources_line(view, data["timings"])
+    body = (f"Written {data['machine']}, from the run snapshots in `{snapshots.as_posix()}/`. {sources}\n\n"
+            + "\n\n".join(sections) + "\n")
     md = write_text(out / f"{cfg.prefix}.md", f"# Results: {cfg.prefix} runs\n\n{body.replace('{img}', '')}")
     write_json(out / f"{cfg.prefix}.json", data)
     if cfg.update_readme:
