@@ -654,6 +654,8 @@ def snapshot_run(run: Path, dest: Path, timings: Path) -> None:
 
 def snapshot_runs(cfg: ReportConfig, snapshots: Path) -> list[str]:
     """Snapshot every run of the family whose folder is here and has metrics; returns their names."""
+    for leftover in snapshots.glob("*.tmp"):  # from a report killed while snapshotting
+        shutil.rmtree(leftover)
     taken = []
     for layout in LAYOUTS:
         run = Path(cfg.runs) / f"{cfg.prefix}-{layout}"
@@ -680,14 +682,12 @@ def sources_line(view: ReportConfig, rows: list[dict[str, Any]]) -> tuple[str, d
 
 
 def check_runs(cfg: ReportConfig, snapshots: Path) -> None:
-    """Refuse to write a report (and blank the README's tables) when neither the runs folder nor the snapshots hold
-    anything of this run family."""
+    """Refuse to write a report (and blank the README's tables) from a runs folder that does not exist, or when
+    neither it nor the snapshots hold anything of this run family."""
     runs = Path(cfg.runs)
-    if any(snapshots.glob(f"{cfg.prefix}-*/{DERIVED}")):
-        return
     if not runs.is_dir():
         raise PcasError(f"{runs}: no such runs folder (pass --runs, the folder holding the run folders)")
-    if not any(runs.glob(f"{cfg.prefix}-*/metrics/*.json")):
+    if not any(runs.glob(f"{cfg.prefix}-*/metrics/*.json")) and not any(snapshots.glob(f"{cfg.prefix}-*/{DERIVED}")):
         raise PcasError(f"{runs}: no {cfg.prefix}-* run has metrics yet (run `pcas eval` first, or pass the right "
                         "--runs / --prefix)")
 
