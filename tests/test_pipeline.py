@@ -301,6 +301,7 @@ def test_prompt_check_scores_tvp_with_its_own_and_another_clips_frames(run_dir: 
     assert "train" not in report and "val" not in report  # listening=false: parts 1-2 (every train clip) skipped
     prompts = report["prompts"]
     trained = json.loads((run_dir / "metrics/audio-tvp.json").read_text())
+    assert prompts["frames"] == trained["frames"]  # the seconds scored (what Table 3 reports beside the scores)
     assert prompts["own"]["map"] == pytest.approx(trained["map"], abs=1e-6)
     assert prompts["own"]["exact_set"] == pytest.approx(trained["exact_acc"], abs=1e-6)
     assert 0.0 <= prompts["other_clip"]["map"] <= 1.0

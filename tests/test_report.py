@@ -274,6 +274,11 @@ def test_table3_shows_tvp_prompted_with_another_clips_frames(tmp_path) -> None:
         {"val": {"frames": 10}, "prompts": {"listener": "tvp", "own": own, "other_clip": other}}))
     assert f"| {label} | – | – | – | – | 0.550 | 0.250 |" in table3(cfg)[0]
     assert f"| {label} | 50.00 | 40.00 | 60.00 | 0.00 | 0.00 | 2 / 5 / 3 |" in listener_sources_table(cfg)[0]
+    # as the Makefile's check writes it (listening=false: no "val" part; the prompts carry their scored seconds)
+    (tmp_path / "x-avss/metrics/tvp-prompts.json").write_text(json.dumps(
+        {"prompts": {"listener": "tvp", "frames": 10, "own": own, "other_clip": other}}))
+    lines, data = table3(cfg)
+    assert f"| {label} | – | – | – | – | 0.550 | 0.250 |" in lines and data["tvp-other-prompts"]["avss"]["frames"] == 10
 
 
 def test_a_timed_command_records_where_it_ran(tmp_path: Path, monkeypatch) -> None:

@@ -163,7 +163,7 @@ def prompt_report(cfg: DiagnoseConfig, device: torch.device, val_targets: tuple[
     if len(val) < 2:
         raise PcasError(f"{val.path}: prompt_check needs at least two val clips to swap prompts between")
     targets, has = val_targets
-    out: dict[str, Any] = {"listener": cfg.listener, "listener_id": ckpt["artifact_id"]}
+    out: dict[str, Any] = {"listener": cfg.listener, "listener_id": ckpt["artifact_id"], "frames": int(has.sum())}
     for key, shift in (("own", 0), ("other_clip", 1)):
         probs = build_audio_cache(val, audio, prompt_visual, device, desc=f"prompts: {key}",
                                   prompt_shift=shift).probs.numpy()

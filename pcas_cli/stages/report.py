@@ -211,7 +211,9 @@ OTHER_PROMPTS_ROW = (OTHER_PROMPTS, "AST + TVP prompted with another clip's fram
 # Table 3 rows scored by `pcas diagnose` rather than train-tvp: stem -> (metrics file, its val scores)
 DIAGNOSE_ROWS: dict[str, tuple[str, Callable[[dict[str, Any]], dict[str, Any]]]] = {
     "listeners": ("listeners", lambda m: m["val"]),
-    OTHER_PROMPTS: ("tvp-prompts", lambda m: m["prompts"]["other_clip"]),
+    # the scored seconds: recorded with the prompts since 2026-12-06 (the check runs without diagnose's part 2, "val")
+    OTHER_PROMPTS: ("tvp-prompts", lambda m: {**m["prompts"]["other_clip"],
+                                              "frames": m["prompts"].get("frames", m.get("val", {}).get("frames"))}),
 }
 
 
@@ -265,7 +267,7 @@ def listener_scores(runs: Path, run: str, stem: str) -> dict[str, Any] | None:
         name, scores_of = DIAGNOSE_ROWS[stem]
         m = metrics_of(runs, run, name)
         v = m and scores_of(m)
-        return v and {"map": v["map"], "exact_acc": v["exact_set"], "frames": m["val"]["frames"],
+        return v and {"map": v["map"], "exact_acc": v["exact_set"], "frames": v["frames"],
                       "by_sources": v.get("by_sources")}
     m = metrics_of(runs, run, f"audio-{stem}")
     return m and {"map": m["map"], "exact_acc": m["exact_acc"], "frames": m["frames"],
