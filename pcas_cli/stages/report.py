@@ -445,14 +445,14 @@ def listener_hears_right(feats: Any, pcas: Any, i: int) -> np.ndarray:
 def listener_error_data(run: Path) -> dict[str, Any]:
     """PCAS test mIoU on the frames where the listener's sounding set (at the presence threshold chosen on val) is
     exactly right vs wrong (AVSS layout), from the run's HDF5 artifacts: how much of the gap to full supervision is
-    listening. Empty where the run lacks them."""
+    listening. Empty where the run lacks them, and for binary (S4 / MS3) runs, whose masks name no class."""
     from pcas_cli.artifacts import read_features, read_predictions
     from pcas_cli.metrics import SemanticScores
 
     if not (run / "pseudo/test.h5").exists() or not (run / "features/test.h5").exists():
         return {}
     feats, pred = read_features(run / "features/test.h5"), read_predictions(run / "pseudo/test.h5")
-    if "presence_threshold" not in pred.meta:
+    if "presence_threshold" not in pred.meta or feats.task != "semantic":
         return {}
     k = len(feats.classes) + 1
     groups = {"right": SemanticScores(k), "wrong": SemanticScores(k)}
