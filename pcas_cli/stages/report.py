@@ -629,9 +629,9 @@ def derive(run: Path) -> dict[str, Any]:
 
 
 def derived(cfg: ReportConfig, run: str) -> dict[str, Any]:
-    """A snapshot's derived values; computed on the spot where cfg.runs is a folder of run folders."""
+    """A snapshot's derived values (cfg.runs: the snapshots folder); empty for a run without a snapshot."""
     path = Path(cfg.runs) / run / DERIVED
-    return json.loads(path.read_text()) if path.exists() else derive(Path(cfg.runs) / run)
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def snapshot_run(run: Path, dest: Path, timings: Path) -> None:
