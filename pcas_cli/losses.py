@@ -169,15 +169,28 @@ def cmc_loss(audio: Tensor, video: Tensor, cls: Tensor, audio_labels: Tensor, vi
     return row_loss[has_pos].mean()
 
 
+def patch_audio_similarity(patch_tokens: Tensor, audio_token: Tensor, normalize: bool = False) -> Tensor:
+    """cos(patch_n, audio) of each frame's patches and its second's audio token: (B, N, D), (B, D) -> (B, N).
+
+    With `normalize=True`, min-max normalised per frame, (s - min) / (max - min + 1e-5): the scale eq. 2's relative
+    thresholds read (a frame whose similarities are all equal maps to 0 everywhere)."""
+    s = F.cosine_similarity(patch_tokens.float(), audio_token.float()[:, None, :], dim=-1)  # (B, N)
+    if normalize and s.numel() > 0:
+        lo = s.amin(dim=1, keepdim=True)
+        hi = s.amax(dim=1, keepdim=True)
+        s = (s - lo) / (hi - lo + 1e-5)
+    return s
+
+
 def patch_labels_from_audio(patch_tokens: Tensor, audio_token: Tensor, high: float, low: float,
                             normalize: bool = False) -> Tensor:
     """CMPC patch labels (paper §3.2.2, eq. 2): threshold each patch's similarity to its second's audio token.
 
     s_n = cos(patch_n, audio); label 1 (sounding) if s_n >= high, 0 (not sounding) if s_n <= low, else 255
-    (ignored). With `normalize=True` the thresholds are relative: s is min-max normalised per frame,
-    (s - min) / (max - min + 1e-5), so `high` / `low` are fractions of that frame's similarity range (like ToCo's
-    CAM thresholds); a frame whose similarities are all equal then maps to 0 everywhere (labelled non-sounding when
-    low >= 0). Frames known to be silent should be set to 0 by the caller.
+    (ignored). With `normalize=True` the thresholds are relative (`patch_audio_similarity`'s per-frame min-max
+    scale), so `high` / `low` are fractions of that frame's similarity range (like ToCo's CAM thresholds); a frame
+    whose similarities are all equal then maps to 0 everywhere (labelled non-sounding when low >= 0). Frames known
+    to be silent should be set to 0 by the caller.
 
     Args:
         patch_tokens: (B, N, D) visual patch tokens of B frames.
@@ -192,11 +205,7 @@ def patch_labels_from_audio(patch_tokens: Tensor, audio_token: Tensor, high: flo
     if low > high:
         raise ValueError(f"low threshold {low} is above high threshold {high}")
     with torch.no_grad():
-        s = F.cosine_similarity(patch_tokens.float(), audio_token.float()[:, None, :], dim=-1)  # (B, N)
-        if normalize and s.numel() > 0:
-            lo = s.amin(dim=1, keepdim=True)
-            hi = s.amax(dim=1, keepdim=True)
-            s = (s - lo) / (hi - lo + 1e-5)
+        s = patch_audio_similarity(patch_tokens, audio_token, normalize)  # (B, N)
         labels = torch.full_like(s, IGNORE, dtype=torch.long)
         labels[s >= high] = 1
         labels[s <= low] = 0

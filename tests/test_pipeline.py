@@ -264,6 +264,10 @@ def test_diagnose_reports_listener_heard_frames_and_probe(run_dir: Path) -> None
         assert ignored_half["trained_with"] and not ignored_zero["trained_with"]
         assert ignored_half["frames"] == ignored_zero["frames"] > 0
         assert 0.0 <= ignored_half["negative_crops"] <= ignored_zero["negative_crops"] <= 1.0
+        # the generated data has visible-object maps: where the similarity points, every frame's best patch once
+        where = p["similarity_regions"]
+        assert sum(r["best_patch_share"] for r in where.values()) == pytest.approx(1.0)
+        assert where["sounding_object"]["frames"] > 0 and 0.0 <= where["background"]["mean_similarity"] <= 1.0
     with pytest.raises(PcasError, match="no projection heads"):
         pcas("diagnose", "--run", str(run_dir), "--device", "cpu", "--set", 'patch_labels=["visual"]',
              "--set", "out=visual-heads")
@@ -369,6 +373,22 @@ def test_crop_counts_hand_values() -> None:
     assert counts.tolist() == [3, 9, 5, 1]
     assert crop_shares(counts + crop_counts(positive[:1])) == {"frames": 4, "negative_crops": 7 / 12,
                                                                 "frames_with_both": 2 / 4}
+
+
+def test_similarity_by_region_hand_values() -> None:
+    from pcas_cli.stages.diagnose import region_shares, similarity_by_region
+
+    similarity = torch.tensor([[0.9, 0.2, 0.5, 0.0], [0.1, 0.3, 1.0, 0.4]])
+    sounding = torch.tensor([[True, False, False, False], [True, False, False, False]])
+    visible = torch.tensor([[True, True, False, False], [True, False, False, False]])  # frame 1: no silent object
+    sums = similarity_by_region(similarity, sounding, visible)
+    # rows: sounding object, silent object, background; columns: frames with it, sum of its mean, frames with the best
+    assert sums == pytest.approx(np.array([[2, 0.9 + 0.1, 1], [1, 0.2, 0], [2, 0.25 + 1.7 / 3, 1]]))
+    shares = region_shares(sums)
+    assert shares["sounding_object"] == pytest.approx({"frames": 2, "mean_similarity": 0.5, "best_patch_share": 0.5})
+    assert shares["silent_object"] == pytest.approx({"frames": 1, "mean_similarity": 0.2, "best_patch_share": 0.0})
+    assert shares["background"] == pytest.approx({"frames": 2, "mean_similarity": (0.25 + 1.7 / 3) / 2,
+                                                  "best_patch_share": 0.5})
 
 
 def test_second_decisions_hand_values() -> None:

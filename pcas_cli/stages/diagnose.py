@@ -15,6 +15,9 @@
    Also what CMCC (eq. 3) gets from those labels: random crops per train frame (the checkpoint's CMCC crop settings;
    silent frames all ignored, as in training) labelled positive / negative with each of `crop_ignored_scores`, and
    the share of frames with both kinds. Eq. 3 is an InfoNCE within a frame: without a negative crop it is ~0.
+   On generated data (visible-object maps), where the similarity behind the labels points: its mean on sounding
+   objects, silent objects and background, and where each frame's most similar patch lies. A similarity highest on
+   the background labels the background sounding (precision below the base rate).
 4. Optional probe (`--probe-steps N`): a fresh audio encoder of the configured size trained for N steps on the
    per-second classes of the train masks (full supervision of the audio side alone), scored on val. It asks whether
    the architecture can learn these sounds at all; the weakly supervised listener will not do better.
@@ -32,7 +35,7 @@
    classes and against the video labels. It asks whether the backbone can learn the objects' appearance at all;
    the weakly supervised Looking encoder learns from noisier labels.
 
-A diagnostic, like scoring: it reads the masks of train (2, 3, 4) and val (1, 4, 5, 6), and the visible maps (6, 7), to
+A diagnostic, like scoring: it reads the masks of train (2, 3, 4) and val (1, 4, 5, 6), and the visible maps (3, 6, 7), to
 measure, and nothing it computes feeds back into the pipeline. Writes <run>/metrics/<out>.json (diagnose.json) and
 prints a table.
 """
@@ -53,7 +56,7 @@ from pcas_cli.artifacts import ArtifactReader
 from pcas_cli.config import to_dict
 from pcas_cli.console import CONSOLE, progress
 from pcas_cli.errors import PcasError
-from pcas_cli.losses import IGNORE, crop_labels_from_patch_labels
+from pcas_cli.losses import IGNORE, crop_labels_from_patch_labels, patch_audio_similarity
 from pcas_cli.metrics_cls import mean_average_precision, set_accuracy_by_sources
 from pcas_cli.seed import seed_everything
 from pcas_cli.stages._common import (AudioCache, AudioModelConfig, VisualModelConfig, base_spec, build_audio,
@@ -205,6 +208,32 @@ def patch_label_scores(labels: torch.Tensor, sounding: torch.Tensor) -> dict[str
             "ignored_share": int((labels == IGNORE).sum()) / n, "base_rate": n_true / n}
 
 
+REGIONS = ("sounding_object", "silent_object", "background")
+
+
+def similarity_by_region(similarity: torch.Tensor, sounding: torch.Tensor, visible: torch.Tensor) -> np.ndarray:
+    """Where the audio-patch similarity points, per frame: (B, N) similarities (per-frame normalised), (B, N) bool
+    "the patch is mostly a sounding object", (B, N) bool "mostly any object" -> (3, 3) sums over the frames, one row
+    per region of REGIONS (sounding objects, silent objects = visible and not sounding, background = neither):
+    [frames with patches of that region, the sum over those frames of the region's mean similarity, frames whose
+    most similar patch lies in it]."""
+    regions = torch.stack([sounding, visible & ~sounding, ~visible & ~sounding])  # (3, B, N)
+    counts = regions.sum(dim=2)  # (3, B)
+    present = counts > 0
+    means = (similarity[None] * regions).sum(dim=2) / counts.clamp(min=1)  # (3, B)
+    best = similarity.argmax(dim=1)  # (B,)
+    at_best = regions.gather(2, best[None, :, None].expand(3, -1, 1))[..., 0]  # (3, B)
+    return torch.stack([present.sum(1), (means * present).sum(1), at_best.sum(1)], dim=1).double().numpy()
+
+
+def region_shares(sums: np.ndarray) -> dict[str, dict[str, float]]:
+    """similarity_by_region summed over frames -> per region: the mean similarity of its patches (averaged over the
+    frames that have the region) and the share of frames whose most similar patch lies in it."""
+    frames = max(float(sums[:, 2].sum()), 1.0)  # every frame's best patch lies in exactly one region
+    return {r: {"frames": int(n), "mean_similarity": total / max(n, 1.0), "best_patch_share": best / frames}
+            for r, (n, total, best) in zip(REGIONS, sums)}
+
+
 def crop_counts(positive: torch.Tensor) -> np.ndarray:
     """CMCC crop labels (B, K) bool -> counts [frames, crops, negative crops, frames with a positive and a negative
     crop] (eq. 3 contrasts a frame's positive crops with its own negatives only)."""
@@ -227,7 +256,11 @@ def patch_label_report(ckpt_dir: Path, name: str, train: ArtifactReader, cache: 
     labels give on every train frame (silent ones all ignored, as refine labels them), under each crop rule.
 
     Crops are drawn as in training (the checkpoint's CMCC crop count and size, seeded), on the frames without
-    training's flips and crops: counts, not a replay of one epoch."""
+    training's flips and crops: counts, not a replay of one epoch.
+
+    With visible-object maps (generated data), also where the similarity the labels come from points on those
+    frames: its mean (per-frame min-max normalised, as eq. 2 thresholds it) on sounding objects, silent objects and
+    background, and where each frame's most similar patch lies (`similarity_by_region`)."""
     model, ckpt = visual_from_checkpoint(ckpt_dir / f"{name}.pt")
     if not model.has_projections:
         raise PcasError(f"{ckpt_dir / name}.pt: has no projection heads (the Looking encoder): no patch labels")
@@ -238,8 +271,10 @@ def patch_label_report(ckpt_dir: Path, name: str, train: ArtifactReader, cache: 
     generator = torch.Generator().manual_seed(seed)
     all_labels, all_truth = [], []
     counts = {score: np.zeros(4, np.int64) for score in ignored_scores}
+    has_visible = bool(train.meta.get("has_visible"))
+    regions = np.zeros((len(REGIONS), 3))
     for i in range(len(train)):
-        c = train.clip(i, ("frames", "masks", "mask_valid", "labels"))
+        c = train.clip(i, ("frames", "masks", "mask_valid", "labels") + (("visible",) if has_visible else ()))
         heard = heard_classes(cache.probs[i], torch.from_numpy(c["labels"])[None], threshold).any(-1)  # (T,)
         out = model(frames_to_tensor(c["frames"], device), audio_tokens=cache.tokens[i].to(device))
         labels = frame_patch_labels(out["z_patch"], out["z_audio"], heard.to(device), cmpc).cpu()  # (T, N)
@@ -252,14 +287,24 @@ def patch_label_report(ckpt_dir: Path, name: str, train: ArtifactReader, cache: 
         if not keep.any():
             continue
         all_labels.append(labels[keep])
-        truth = torch.from_numpy((c["masks"][keep.numpy()] > 0).astype(np.float32))[:, None]  # (B, 1, H, W)
-        all_truth.append(F.adaptive_avg_pool2d(truth, out["visual"].grid).flatten(1) > 0.5)  # (B, N)
+        all_truth.append(mostly(c["masks"][keep.numpy()], out["visual"].grid))
+        if has_visible:
+            similarity = patch_audio_similarity(out["z_patch"], out["z_audio"], normalize=True).cpu()  # (T, N)
+            regions += similarity_by_region(similarity[keep], all_truth[-1],
+                                            mostly(c["visible"][keep.numpy()], out["visual"].grid))
     if not all_labels:
         raise PcasError(f"{ckpt_dir.parent}: the listener hears no labelled class in any masked train frame")
     return {"weights": name, "high": cmpc.high, "low": cmpc.low,
             **patch_label_scores(torch.cat(all_labels).flatten(), torch.cat(all_truth).flatten()),
             "cmcc_crops": [{"ignored_score": score, "trained_with": score == crop.ignored_score,
-                            **crop_shares(n)} for score, n in counts.items()]}
+                            **crop_shares(n)} for score, n in counts.items()],
+            **({"similarity_regions": region_shares(regions)} if has_visible else {})}
+
+
+def mostly(masks: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, H, W) class-index masks -> (B, N) bool: the patch is mostly (> half) an object of any class."""
+    covered = torch.from_numpy((masks > 0).astype(np.float32))[:, None]  # (B, 1, H, W)
+    return F.adaptive_avg_pool2d(covered, grid).flatten(1) > 0.5
 
 
 def probe_data(features: ArtifactReader, targets: np.ndarray, has: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -398,6 +443,12 @@ def print_report(report: dict[str, Any]) -> None:
         table.add_row(f"CMPC labels of {p['weights']}: sounding share / precision / recall",
                       f"{p['positive_share']:.2f} / {p['precision']:.2f} / {p['recall']:.2f}", "",
                       f"base rate {p['base_rate']:.2f}")
+        if "similarity_regions" in p:
+            where = p["similarity_regions"]
+            table.add_row(f"audio-patch similarity of {p['weights']}: mean on sounding / silent objects / background",
+                          " / ".join(f"{where[r]['mean_similarity']:.2f}" for r in REGIONS), "", "")
+            table.add_row("... frames whose most similar patch is a sounding / silent object / background",
+                          " / ".join(f"{where[r]['best_patch_share']:.2f}" for r in REGIONS), "", "")
         for c in p["cmcc_crops"]:
             table.add_row(f"CMCC crops of {p['weights']}, ignored cells counting {c['ignored_score']:g}"
                           f"{' (as trained)' if c['trained_with'] else ''}: negative crops / frames with both",
