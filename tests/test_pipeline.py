@@ -257,11 +257,11 @@ def test_diagnose_reports_listener_heard_frames_and_probe(run_dir: Path) -> None
     assert [p["weights"] for p in report["patch_labels"]] == ["align", "refine"]
     for p in report["patch_labels"]:
         assert 0.0 <= p["precision"] <= 1.0 and 0.0 < p["base_rate"] < 1.0 and (p["high"], p["low"]) == (0.7, 0.35)
-        # CMCC crops on every train frame, under ToCo's rule (as trained) and the paper's: an ignored cell counting
-        # 0 instead of 0.5 toward a crop's share can only turn positives negative
+        # CMCC crops on every train frame, under ToCo's rule and the paper's (as trained, the default): an ignored
+        # cell counting 0 instead of 0.5 toward a crop's share can only turn positives negative
         ignored_half, ignored_zero = p["cmcc_crops"]
         assert (ignored_half["ignored_score"], ignored_zero["ignored_score"]) == (0.5, 0.0)
-        assert ignored_half["trained_with"] and not ignored_zero["trained_with"]
+        assert ignored_zero["trained_with"] and not ignored_half["trained_with"]
         assert ignored_half["frames"] == ignored_zero["frames"] > 0
         assert 0.0 <= ignored_half["negative_crops"] <= ignored_zero["negative_crops"] <= 1.0
         # the generated data has visible-object maps: where the similarity points, every frame's best patch once

@@ -60,10 +60,11 @@ class CMCCParams:
     crop_fraction: float = 0.4  # crop side as a fraction of the frame side (ToCo: 96 of 448 px ~ 0.21)
     crop_size: int = 48  # crops are resized to this many pixels
     positive_share: float = 0.1  # a crop is positive when its sounding share (ToCo ROI rule) exceeds this
-    # How much an ignored CMPC cell counts as sounding in that share: 0.5 as ToCo; 0 = only sounding cells make a
-    # positive crop (the paper's wording). With 0.5 few crops are negative, and InfoNCE without negatives gives ~0:
-    # results/avdigits-diagnostics.md section 0000000000000000.
-    ignored_score: float = 0.5
+    # How much an ignored CMPC cell counts as sounding in that share: 0 = only sounding cells make a positive crop (the
+    # paper's wording, "crops containing sounding regions are positives"); 0.5 = ToCo's ROI rule, under which few
+    # crops are negative and eq. 3's InfoNCE, without negatives, gives ~0. The paper's rule never lost to ToCo's on
+    # test over four seeds (results/table4-study.md sections 8-10; the default since session 28).
+    ignored_score: float = 0.0
     temperature: float = 0.5  # tau of eq. 3 (ToCo VOC: 0.5)
     eps: float = 1e-4  # epsilon of eq. 3
 
