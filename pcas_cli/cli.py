@@ -354,11 +354,23 @@ def report(
     update_readme: bool = typer.Option(True, "--update-readme/--no-update-readme",
                                        help="refresh README.md's block for this prefix (synth: the results "
                                             "block; others: <!-- results-PREFIX:start/end --> if present)"),
+    table4_seeds: Optional[str] = typer.Option(None, help="Table 4 seeds whose rows are current, e.g. \"0 1 2\" "
+                                                          "(Makefile: TABLE4_SEEDS); without 0 Table 4 is left "
+                                                          "out. Default: every seed scored"),
 ) -> None:
     """The paper's tables (1-4), timings and example pictures from the runs' metrics -> <out>/<prefix>.md."""
     from pcas_cli.stages.report import ReportConfig, run as report_run
 
-    report_run(ReportConfig(runs=runs, out=out, prefix=prefix, update_readme=update_readme))
+    report_run(ReportConfig(runs=runs, out=out, prefix=prefix, update_readme=update_readme,
+                            table4_seeds=None if table4_seeds is None else _seed_list(table4_seeds)))
+
+
+def _seed_list(text: str) -> tuple[int, ...]:
+    """'0 1 2' -> (0, 1, 2); a clear error for anything else."""
+    try:
+        return tuple(int(s) for s in text.split())
+    except ValueError:
+        raise PcasError(f"--table4-seeds: expected seeds separated by spaces, e.g. \"0 1 2\", got {text!r}") from None
 
 
 @app.command()

@@ -173,3 +173,22 @@ def test_retraining_a_listener_the_masks_do_not_hear_with_reruns_nothing_downstr
     _up_to_date_tree(tmp_path / "synth", "reproduce")
     assert "pcas align --run data/runs/synth-avss" in _dry_run(tmp_path / "synth", "reproduce", "-W",
                                                                   "data/runs/synth-avss/ckpt/tvp.pt")
+
+
+def _report_line(tmp_path: Path, target: str, *flags: str) -> str:
+    """The `pcas report` command `make target` runs (every pcas command echoed, not run)."""
+    out = subprocess.run(["make", *MAKE_VARS, "PCAS=echo pcas", *flags, target], cwd=tmp_path, check=True,
+                         capture_output=True, text=True).stdout
+    (line,) = [line for line in out.splitlines() if line.startswith("pcas report")]
+    return line
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make not installed")
+def test_the_report_shows_table4_rows_only_while_make_would_not_retrain_them(tmp_path: Path) -> None:
+    _up_to_date_tree(tmp_path, "reproduce-ablations")
+    assert _report_line(tmp_path, "reproduce").endswith("--table4-seeds 0")
+    assert _report_line(tmp_path, "reproduce-ablations", "TABLE4_SEEDS=0 1").endswith("--table4-seeds 0 1")
+    # seed 1's rows were never trained here: `make reproduce` with TABLE4_SEEDS="0 1" does not vouch for them
+    assert _report_line(tmp_path, "reproduce", "TABLE4_SEEDS=0 1").endswith("--table4-seeds ")
+    (tmp_path / "stages" / "refine.toml").touch()  # every Table 4 row is now stale; reproduce retrains refine only
+    assert _report_line(tmp_path, "reproduce").endswith("--table4-seeds ")

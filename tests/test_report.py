@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -208,6 +209,40 @@ def test_table4_over_seeds_gives_mean_std_and_removal_gains(tmp_path: Path) -> N
     assert "| x-avss | `refine --name refine-cmc` | 10.0 | 910 |" in lines
     assert "| x-avss | 2 commands of the extra Table 4 seeds | 16.0 | 911 |" in lines
     assert not any("refine-cmc-s1" in line for line in lines)
+
+
+def test_table4_reports_only_the_current_seeds(tmp_path: Path) -> None:
+    """`--table4-seeds`: rows of other seeds (left from a run under an older config) are not averaged in, and with
+    no current seed Table 4 says why it is missing instead of showing stale rows."""
+    from pcas_cli.stages.report import ABLATION_ROWS, table4
+
+    runs = tmp_path / "runs"
+    for key, _ in ABLATION_ROWS:
+        _metrics(runs / f"x-avss/metrics/ablation-{key}.json", 0.5, 0.6)
+        _metrics(runs / f"x-avss/metrics/ablation-{key}-s1.json", 0.6, 0.7)
+        _metrics(runs / f"x-avss/metrics/ablation-{key}-s2.json", 0.1, 0.1)  # stale: another config's seed 2
+    cfg = ReportConfig(runs=runs, prefix="x", table4_seeds=(0, 1))
+    lines, data = table4(cfg)
+    assert set(data["all"]["seeds"]) == {"0", "1"} and abs(data["all"]["miou_mean"] - 0.55) < 1e-9
+    assert 'TABLE4_SEEDS="0 1"' in "\n".join(lines)
+    lines, data = table4(replace(cfg, table4_seeds=(0,)))
+    assert lines[0] == "| CMC | CMPC | CMCC | F-score | mIoU |" and "seeds" not in data["all"]
+    lines, data = table4(replace(cfg, table4_seeds=()))
+    assert data == {"stale": True} and lines == ["Not shown: the rows scored in `x-avss` predate the current "
+                                                  "stage configs; `make reproduce-ablations` retrains them."]
+    assert table4(replace(cfg, runs=tmp_path / "empty", table4_seeds=())) == ([], {})
+    assert set(table4(replace(cfg, table4_seeds=None))[1]["all"]["seeds"]) == {"0", "1", "2"}
+
+
+def test_report_command_parses_table4_seeds(tmp_path: Path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from pcas_cli.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["report", "--runs", str(tmp_path), "--table4-seeds", "0 x"])
+    assert isinstance(result.exception, PcasError)  # main() prints it as one line and exits 2
+    assert str(result.exception) == '--table4-seeds: expected seeds separated by spaces, e.g. "0 1 2", got \'0 x\''
 
 
 def test_refuses_a_folder_without_the_run_family_and_leaves_the_readme_alone(tmp_path: Path, monkeypatch) -> None:

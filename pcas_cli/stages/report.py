@@ -56,6 +56,10 @@ class ReportConfig:
     timings: Path = Path("data/timings.jsonl")  # per-command wall time / peak memory log (Makefile sets it); or
     # a folder of snapshots, each with its run's records in timings.jsonl
     update_readme: bool = True  # refresh README.md's block for this prefix (see readme_markers), if it has one
+    # Table 4's seeds to report: those whose rows are current (the Makefile passes the seeds it has just brought up
+    # to date); other seeds' metrics may be left from an earlier run under another config. Without 0, Table 4 is
+    # left out with a line saying so. None: every seed with a metrics file.
+    table4_seeds: tuple[int, ...] | None = None
 
 
 def _load(path: Path) -> dict[str, Any] | None:
@@ -293,11 +297,13 @@ def listener_sources_table(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]
     return (lines if data else []), data
 
 
-def ablation_seeds(runs: Path, run: str) -> list[int]:
+def ablation_seeds(runs: Path, run: str, current: tuple[int, ...] | None = None) -> list[int]:
     """Extra Table 4 seeds (> 0) with at least one row scored: metrics/ablation-<row>-s<seed>.json (Makefile,
-    TABLE4_SEEDS)."""
+    TABLE4_SEEDS), restricted to the `current` ones when given."""
     found = {int(m["seed"]) for p in (runs / run / "metrics").glob("ablation-*-s*.json")
              if (m := re.fullmatch(r"ablation-.+-s(?P<seed>\d+)\.json", p.name))}
+    if current is not None:
+        found &= set(current)
     return sorted(found - {0})
 
 
@@ -311,7 +317,14 @@ def _mean_std(values: list[float]) -> str:
 
 def table4(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
     run = f"{cfg.prefix}-avss"
-    seeds = ablation_seeds(Path(cfg.runs), run)
+    if cfg.table4_seeds is not None and 0 not in cfg.table4_seeds:
+        if not any((Path(cfg.runs) / run / "metrics").glob("ablation-*.json")):
+            return [], {}
+        # rows scored before a config change must not be shown as this run's (Makefile: `make reproduce` when the
+        # ablation checkpoints are older than their configs)
+        return ([f"Not shown: the rows scored in `{run}` predate the current stage configs; "
+                 "`make reproduce-ablations` retrains them."], {"stale": True})
+    seeds = ablation_seeds(Path(cfg.runs), run, cfg.table4_seeds)
     header = "| CMC | CMPC | CMCC | F-score | mIoU |"
     if seeds:
         header = "| CMC | CMPC | CMCC | F-score (seed 0) | mIoU (seed 0) | F-score over seeds | mIoU over seeds |"
