@@ -83,3 +83,52 @@ def test_threshold_on_val_picks_the_best_f1_of_heard_classes_against_the_masks(t
     assert choose_threshold(cache, feats, (0.3, 0.32))[0] == 0.32  # a tie goes to the candidate nearer 0.5
     with pytest.raises(PcasError, match="empty"):
         choose_threshold(cache, feats, ())
+
+
+def test_oracle_patch_labels_take_each_patch_s_majority_region():
+    """The diagnostic labels (oracle_patch_labels) on a 4x4 frame, 2x2 patches of 2x2 pixels: background (0),
+    a silent object (1) and a sounding object (2)."""
+    from pcas_cli.losses import IGNORE
+    from pcas_cli.stages._contrast import patch_labels_from_regions
+
+    region = torch.tensor([[[2, 2, 1, 1],
+                            [2, 0, 1, 1],  # top-left patch: 3 of 4 pixels sounding; top-right: silent object
+                            [0, 0, 0, 2],
+                            [0, 0, 1, 1]]])  # bottom-left: background; bottom-right: 2 of 4 pixels silent
+    valid = torch.tensor([True])
+    label = {kind: patch_labels_from_regions(region, valid, (2, 2), kind)[0].tolist()
+             for kind in ("sounding", "sounding-background", "objects")}
+    assert label["sounding"] == [1, 0, 0, 0]
+    assert label["sounding-background"] == [1, IGNORE, 0, IGNORE]
+    assert label["objects"] == [1, 1, 0, 1]
+    # a frame in which nothing sounds: no sounding labels; the object labels still stand; an invalid frame: nothing
+    quiet = torch.where(region == 2, torch.ones_like(region), region)
+    assert patch_labels_from_regions(quiet, valid, (2, 2), "sounding").tolist() == [[IGNORE] * 4]
+    assert patch_labels_from_regions(quiet, valid, (2, 2), "objects").tolist() == [[1, 1, 0, 1]]
+    assert patch_labels_from_regions(region, ~valid, (2, 2), "objects").tolist() == [[IGNORE] * 4]
+
+
+def test_oracle_regions_follow_the_image_s_flip_and_need_visible_maps(tmp_path):
+    from pcas_cli.training.data import AugmentConfig, FrameDataset
+
+    dims = {"T": 1, "H": 2, "W": 3, "F": 3, "M": 5, "C": 2}
+    frames = np.zeros((1, 2, 3, 3), np.uint8)
+    frames[0, :, 0] = 255  # the image's left column is white
+    masks = np.array([[[1, 0, 0], [0, 0, 0]]], np.uint8)  # a sounding pixel top-left
+    visible = np.array([[[1, 0, 2], [0, 0, 0]]], np.uint8)  # and a silent object top-right
+
+    def write(path, has_visible):
+        meta = {"classes": ["a", "b"], "task": "semantic", **({"has_visible": True} if has_visible else {})}
+        with ArtifactWriter(path, "features", dims, meta, {"stage": "x"}) as w:
+            w.append(clip_id="c0", subset="v2", frames=frames, fbank=np.zeros((1, 3, 5), np.float16),
+                     labels=np.array([1, 1], np.uint8), masks=masks, mask_valid=np.ones(1, bool),
+                     frame_valid=np.ones(1, bool), visible=visible)
+
+    write(tmp_path / "train.h5", True)
+    item = FrameDataset(tmp_path / "train.h5", oracle_regions=True)[0]
+    assert item["region"].tolist() == [[2, 0, 1], [0, 0, 0]] and bool(item["region_valid"])
+    flipped = FrameDataset(tmp_path / "train.h5", augment=AugmentConfig(hflip=1.0), oracle_regions=True)[0]
+    assert flipped["region"].tolist() == [[1, 0, 2], [0, 0, 0]] and float(flipped["image"][0, 0, 2]) == 1.0
+    write(tmp_path / "real.h5", False)
+    with pytest.raises(PcasError, match="real.h5: has no visible-object maps"):
+        FrameDataset(tmp_path / "real.h5", oracle_regions=True)

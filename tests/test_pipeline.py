@@ -512,6 +512,15 @@ def test_table4_control_trains_the_classifier_alone(run_dir: Path, tmp_path: Pat
     pcas("pseudo-label", "--run", str(run2), "--device", "cpu", "--set", "scales=[1.0]", "--split", "val",
          "--weights", "refine-none", "--out", "ablations/none")
     assert (run2 / "ablations/none/val.h5").exists()
+    # the diagnostic oracle labels (ground-truth regions) train CMPC / CMCC in their place, and say so
+    pcas("refine", *r, "--name", "refine-oracle", "--init", "ctrl", "--no-cmc", "--cmpc", "--cmcc",
+         "--set", 'oracle_patch_labels="sounding-background"', "--set", "cmcc_params.crop_size=16")
+    rows = [json.loads(line) for line in (run2 / "ckpt/refine-oracle.log.jsonl").read_text().splitlines()]
+    assert {"cmpc", "cmcc"} <= set([row for row in rows if row["kind"] == "epoch"][-1]["train"])
+    config = load_checkpoint(run2 / "ckpt/refine-oracle.pt")["provenance"]["config"]
+    assert config["oracle_patch_labels"] == "sounding-background"
+    with pytest.raises(PcasError, match="oracle_patch_labels = 'masks': expected"):
+        pcas("refine", *r, "--name", "x", "--init", "ctrl", "--set", 'oracle_patch_labels="masks"')
 
 
 def test_report_snapshots_a_real_run_and_rebuilds_its_tables_without_it(run_dir: Path, tmp_path: Path,

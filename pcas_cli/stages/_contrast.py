@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
@@ -93,6 +94,10 @@ class ContrastConfig:
     cmc_encoder_grad: float = 1.0  # CMC's gradient into the visual encoder is scaled by this; 0: CMC trains only the
     # projection heads, i.e. the audio-patch similarity that CMPC / CMCC label from, and the encoder learns from the
     # classification loss, CMPC and CMCC (z_patch / z_video / z_cls feed only CMC; CMCC's crops are not scaled)
+    # DIAGNOSTIC, never a result (it reads the train split's masks and the generator's visible-object maps): CMPC /
+    # CMCC patch labels from the ground truth instead of eq. 2, to ask which labels CMPC would want (results/
+    # table4-study.md section 11). "" = eq. 2 (the method); see ORACLE_PATCH_LABELS.
+    oracle_patch_labels: str = ""
     audio_threshold: float = 0.5  # a class sounds in second t when the listener's probability exceeds this
     threshold_on_val: bool = False  # choose audio_threshold among `threshold_candidates` instead: the one whose heard
     # (frame, class) pairs best match the val masks' sounding classes (F1; val is scored, never trained on). A weak
@@ -113,6 +118,29 @@ class ContrastConfig:
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(crop_scale=(0.6, 1.0), hflip=0.5))
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     resume: bool = False  # continue an interrupted run
+
+
+# oracle_patch_labels -> the label of a patch by the region covering most of it (background, silent object,
+# sounding object); None = ignored. A frame in which nothing sounds is ignored where the labels name sounding
+# patches, as eq. 2's labels ignore seconds the listener hears as silent.
+ORACLE_PATCH_LABELS = {
+    "sounding": (0, 0, 1),  # what eq. 2 aims at: sounding objects against everything else
+    "sounding-background": (0, None, 1),  # the same with silent objects left out
+    "objects": (0, 1, 1),  # every visible object against the background, sounding or not
+}
+
+
+def patch_labels_from_regions(region: Tensor, valid: Tensor, grid: tuple[int, int], kind: str) -> Tensor:
+    """Oracle CMPC labels (diagnostic): (B, H, W) regions in {0 background, 1 silent object, 2 sounding object} and
+    (B,) frame validity -> (B, h*w) labels in {0, 1, IGNORE}, each patch labelled by its majority region."""
+    shares = F.adaptive_avg_pool2d(F.one_hot(region.long(), 3).permute(0, 3, 1, 2).float(), grid)  # (B, 3, h, w)
+    majority = shares.argmax(dim=1).flatten(1)  # (B, N)
+    table = torch.tensor([IGNORE if v is None else v for v in ORACLE_PATCH_LABELS[kind]], device=region.device)
+    labels = table[majority]
+    if ORACLE_PATCH_LABELS[kind][2] != ORACLE_PATCH_LABELS[kind][1]:  # labels that single out sounding patches
+        valid = valid & (region == 2).flatten(1).any(dim=1)
+    labels[~valid] = IGNORE
+    return labels
 
 
 def random_boxes(b: int, k: int, fraction: float, generator: torch.Generator | None = None) -> Tensor:
@@ -147,7 +175,7 @@ class ContrastTask(TrainTask):
 
     def train_dataset(self) -> FrameDataset:
         return FrameDataset(features_path(self.cfg.run, "train"), fields=("frames", "labels"),
-                            augment=self.cfg.augment)
+                            augment=self.cfg.augment, oracle_regions=bool(self.cfg.oracle_patch_labels))
 
     def loss_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
         cfg = self.cfg
@@ -168,7 +196,10 @@ class ContrastTask(TrainTask):
                                                       cross_modal_only=cfg.cmc_cross_modal_only,
                                                       video_patches=out["z_patch"] if cfg.cmc_patch_match else None,
                                                       patch_k=round(cfg.cmc_patch_share * out["z_patch"].shape[1]))
-        if cfg.cmpc or cfg.cmcc:
+        if (cfg.cmpc or cfg.cmcc) and cfg.oracle_patch_labels:
+            patch_labels = patch_labels_from_regions(batch["region"], batch["region_valid"], v.grid,
+                                                     cfg.oracle_patch_labels)  # (B, N)
+        elif cfg.cmpc or cfg.cmcc:
             patch_labels = frame_patch_labels(out["z_patch"].detach(), out["z_audio"].detach(), sounding.any(dim=1),
                                               cfg.cmpc_params)  # (B, N)
         if cfg.cmpc:
@@ -245,6 +276,9 @@ def run_contrast(cfg: ContrastConfig, stage: str, default_init: str) -> Path:
     """Train the visual encoder + projection heads with the enabled terms; writes ckpt/<name>.pt."""
     # With cmc, cmpc and cmcc all off only the classification loss trains: the same schedule without the modules,
     # which is Table 4's control row.
+    if cfg.oracle_patch_labels and cfg.oracle_patch_labels not in ORACLE_PATCH_LABELS:
+        raise PcasError(f"oracle_patch_labels = {cfg.oracle_patch_labels!r}: expected \"\" or one of "
+                        f"{', '.join(ORACLE_PATCH_LABELS)}")
     seed_everything(cfg.optim.seed)  # before building the heads: same seed, same initial weights
     device = resolve_device(cfg.device)
     ckpt_dir = run_paths(cfg.run)["ckpt"]

@@ -3,7 +3,8 @@
 Weak supervision (DESIGN.md, "What each stage may see"): training datasets return frames, fbank, video-level labels
 and validity flags, and NEVER per-frame masks; only the fully supervised upper bound passes `with_masks=True`
 (`pcas train-seg` passes `masks_from=`: masks from a predictions artifact, i.e. pseudo-labels, not ground truth). The
-`visible` maps exist for a reference baseline and are never served here.
+`visible` maps exist for a reference baseline; besides it, only a labelled diagnostic reads them (`oracle_regions`:
+what labels CMPC would want, never a result).
 
 Tensors per item (T = seconds, one frame per second):
 - frames (T, 3, H, W) float in [0, 1] (ImageNet normalisation is the model's job: its constants are buffers);
@@ -334,11 +335,15 @@ class FrameDataset(Dataset):
         masks_from: a predictions artifact of the same clips (e.g. the train split's refined pseudo-labels) whose
             masks are served instead of the ground truth, which is then never read; every valid frame has one
             (`mask_valid` True). Used by `pcas train-seg`; implies masks are served.
+        oracle_regions: DIAGNOSTIC, ground truth: also serve `region` (H, W) int64, 0 background, 1 a visible
+            object that is silent, 2 a sounding object (the masks and the visible maps of generated data), moved by
+            the same crop / flip as the image, and `region_valid` (bool: the frame has a mask). Used only by the
+            contrast stages' `oracle_patch_labels`, never by a result.
     """
 
     def __init__(self, path: Path | str, fields: tuple[str, ...] = ("frames", "labels"),
                  augment: AugmentConfig | None = None, with_masks: bool = False,
-                 masks_from: Path | str | None = None) -> None:
+                 masks_from: Path | str | None = None, oracle_regions: bool = False) -> None:
         if "frame_valid" in fields:
             raise ValueError("FrameDataset serves valid frames only; 'frame_valid' is not a per-frame field")
         if augment is not None and augment.mix > 0.0:
@@ -352,6 +357,12 @@ class FrameDataset(Dataset):
             if self.mask_reader.clip_ids() != self.reader.clip_ids():
                 raise PcasError(f"{masks_from}: its clips are not those of {path} (made from another split or "
                                 "data set?)")
+        self.oracle_regions = oracle_regions
+        if oracle_regions and (with_masks or masks_from is not None):
+            raise ValueError("oracle_regions serves its own ground-truth map: not with with_masks / masks_from")
+        if oracle_regions and not self.reader.meta.get("has_visible"):
+            raise PcasError(f"{path}: has no visible-object maps (only generated data sets do); oracle patch labels "
+                            "need them")
         self.augment = augment or AugmentConfig()
         valid = np.asarray(self.reader.read("frame_valid", slice(None)), dtype=bool)  # (N, T)
         self.pairs = np.argwhere(valid).astype(np.int32)  # (P, 2): (clip, frame), clip-major order
@@ -377,13 +388,18 @@ class FrameDataset(Dataset):
         if self.mask_reader is not None:
             item["masks"] = _as_tensor("masks", self.mask_reader.read("masks", clip)[t])
             item["mask_valid"] = torch.tensor(True)
+        if self.oracle_regions:
+            sounding = np.asarray(self.reader.read("masks", clip)[t]) > 0
+            visible = np.asarray(self.reader.read("visible", clip)[t]) > 0
+            item["masks"] = torch.from_numpy(np.where(sounding, 2, visible.astype(np.int64)))  # (H, W) 0 / 1 / 2
+            item["region_valid"] = torch.tensor(bool(self.reader.read("mask_valid", clip)[t]))
         if "frames" in item:
             image = item.pop("frames")  # (3, H, W)
             masks = item.pop("masks")[None] if "masks" in item else None  # (1, H, W)
             images, masks = augment_images(image[None], self.augment, masks)
             item["image"] = images[0]
             if masks is not None:
-                item["mask"] = masks[0]
+                item["region" if self.oracle_regions else "mask"] = masks[0]
         elif "masks" in item:
             item["mask"] = item.pop("masks")
         if "fbank" in item:
