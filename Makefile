@@ -208,12 +208,19 @@ run_metrics = $(foreach m,$(2),$(RUNS)/$(1)/metrics/$(m).json) $(RUNS)/$(1)/ckpt
 REPRODUCE = $(call run_metrics,synth-s4,$(WEAK_METRICS)) $(call run_metrics,synth-ms3,$(WEAK_METRICS)) \
             $(call run_metrics,synth-avss,$(WEAK_METRICS) visible supervised supervised-crf oracle-listener)
 
-# Table 4 shows only rows Make would not retrain: the seeds of TABLE4_SEEDS when their rows are up to date, else none
-# (`pcas report --table4-seeds`). So `make reproduce` after a config change leaves Table 4 out rather than showing
-# rows the change made stale, and rows of seeds not asked for (perhaps from before the change) are never averaged in.
-# SUBMAKE, not $(MAKE) itself: a recipe line naming $(MAKE) runs even under `make -n`.
+# Table 4 shows only the seeds whose rows Make would not retrain (`pcas report --table4-seeds`): each seed of
+# TABLE4_SEEDS or with rows on disk is checked with `make -q`. So `make reproduce` after a config change leaves
+# Table 4 out rather than showing rows the change made stale, and a stale seed's rows are never averaged in.
+# SUBMAKE, not $(MAKE) itself: a recipe line naming $(MAKE) runs even under `make -n`; MAKEFLAGS= so that the
+# check does not inherit -B (which would call every row stale).
 SUBMAKE = $(MAKE)
-current_table4 = "$$($(SUBMAKE) -sq $(call ablation_metrics,$(1)) 2>/dev/null && echo '$(TABLE4_SEEDS)')"
+table4_seeds_on_disk = $(foreach f,$(wildcard $(RUNS)/$(1)/metrics/ablation-*-s*.json),\
+                         $(lastword $(subst -s, ,$(basename $(notdir $(f))))))
+table4_targets = $(if $(filter 0,$(2)),$(foreach a,$(ABLATIONS),$(RUNS)/$(1)/metrics/ablation-$(a).json) \
+                   $(RUNS)/$(1)/metrics/patch-labels.json,\
+                   $(foreach a,$(filter-out plain,$(ABLATIONS)),$(RUNS)/$(1)/metrics/ablation-$(a)-s$(2).json))
+current_table4 = "$$(echo $$($(foreach s,$(sort 0 $(TABLE4_SEEDS) $(call table4_seeds_on_disk,$(1))),MAKEFLAGS= \
+                   $(SUBMAKE) -sq RUNS=$(RUNS) PY=$(PY) TABLE4_SEEDS=$(s) $(call table4_targets,$(1),$(s)) && echo $(s);)))"
 
 reproduce: $(REPRODUCE)
 	$(PCAS) report --runs $(RUNS) --out results --table4-seeds $(call current_table4,synth-avss)
@@ -294,7 +301,7 @@ $(RUNS)/%/metrics/patch-labels.json: $(RUNS)/%/ckpt/refine.pt $(RUNS)/%/ckpt/ref
 ablation_metrics = $(foreach a,$(ABLATIONS) $(SEEDED_ABLATIONS),$(RUNS)/$(1)/metrics/ablation-$(a).json) $(RUNS)/$(1)/metrics/patch-labels.json
 
 reproduce-ablations: $(REPRODUCE) $(call ablation_metrics,synth-avss)
-	$(PCAS) report --runs $(RUNS) --out results --table4-seeds "$(TABLE4_SEEDS)"
+	$(PCAS) report --runs $(RUNS) --out results --table4-seeds $(call current_table4,synth-avss)
 
 # ---- AV-Digits: the same tables on real handwriting and real speech --------------------------------------------
 AVD_REPRODUCE = $(call run_metrics,avdigits-s4,$(WEAK_METRICS)) $(call run_metrics,avdigits-ms3,$(WEAK_METRICS)) \
@@ -302,7 +309,7 @@ AVD_REPRODUCE = $(call run_metrics,avdigits-s4,$(WEAK_METRICS)) $(call run_metri
                 $(call ablation_metrics,avdigits-avss)
 
 bench-avdigits: $(AVD_REPRODUCE)
-	$(PCAS) report --runs $(RUNS) --out results --prefix avdigits --table4-seeds "$(TABLE4_SEEDS)"
+	$(PCAS) report --runs $(RUNS) --out results --prefix avdigits --table4-seeds $(call current_table4,avdigits-avss)
 
 results: | $(STAMP)
 	$(PCAS) report --runs $(RUNS) --out results
