@@ -312,7 +312,7 @@ bench-avdigits: $(AVD_REPRODUCE)
 	$(PCAS) report --runs $(RUNS) --out results --prefix avdigits --table4-seeds $(call current_table4,avdigits-avss)
 
 results: | $(STAMP)
-	$(PCAS) report --runs $(RUNS) --out results
+	$(PCAS) report --runs $(RUNS) --out results --table4-seeds $(call current_table4,synth-avss)
 
 bench: $(STAMP)
 	$(PCAS) bench --out-dir results
