@@ -196,12 +196,13 @@ class ContrastTask(TrainTask):
                                                       cross_modal_only=cfg.cmc_cross_modal_only,
                                                       video_patches=out["z_patch"] if cfg.cmc_patch_match else None,
                                                       patch_k=round(cfg.cmc_patch_share * out["z_patch"].shape[1]))
-        if (cfg.cmpc or cfg.cmcc) and cfg.oracle_patch_labels:
-            patch_labels = patch_labels_from_regions(batch["region"], batch["region_valid"], v.grid,
-                                                     cfg.oracle_patch_labels)  # (B, N)
-        elif cfg.cmpc or cfg.cmcc:
-            patch_labels = frame_patch_labels(out["z_patch"].detach(), out["z_audio"].detach(), sounding.any(dim=1),
-                                              cfg.cmpc_params)  # (B, N)
+        if cfg.cmpc or cfg.cmcc:  # (B, N) patch labels: eq. 2's, or the diagnostic's from the ground truth
+            if cfg.oracle_patch_labels:
+                patch_labels = patch_labels_from_regions(batch["region"], batch["region_valid"], v.grid,
+                                                         cfg.oracle_patch_labels)
+            else:
+                patch_labels = frame_patch_labels(out["z_patch"].detach(), out["z_audio"].detach(),
+                                                  sounding.any(dim=1), cfg.cmpc_params)
         if cfg.cmpc:
             terms["cmpc"] = cfg.weights.cmpc * cmpc_loss(v.patch_tokens, patch_labels)
         if cfg.cmcc:
