@@ -17,7 +17,7 @@ LAYOUTS := avss s4 ms3
 # Wall time and peak memory of every pcas command go here (read by `pcas report`).
 export PCAS_TIMINGS := $(abspath data/timings.jsonl)
 
-.PHONY: help install lock test test-slow reproduce reproduce-ablations reproduce-seg results bench bench-avdigits clean-runs
+.PHONY: help install lock test test-slow test-gpu reproduce reproduce-ablations reproduce-seg results bench bench-avdigits clean-runs
 .DELETE_ON_ERROR:
 .SECONDARY:
 
@@ -26,7 +26,7 @@ help:
 	@echo "make reproduce-ablations  Table 4: every combination of CMC / CMPC / CMCC on the AVSS-layout data"
 	@echo "                          (TABLE4_SEEDS=\"0 1 2\": each row trained with each seed; mean and std per row)"
 	@echo "make reproduce-seg        the final segmentation network on PCAS pseudo-labels (pcas train-seg), AVSS layout"
-	@echo "make test                 the test suite (fast part);  make test-slow: heavier tests"
+	@echo "make test                 the test suite (fast part);  make test-slow: heavier tests;  make test-gpu: CUDA"
 	@echo "make bench                speed / memory benchmarks -> results/bench.md"
 	@echo "make bench-avdigits       the AV-Digits benchmark (MNIST + FSDD from ../shared/data) -> results/avdigits.md"
 	@echo "make lock                 rewrite constraints.txt (exact dependency versions) from .venv"
@@ -50,6 +50,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# CUDA checks (marker gpu): every stage on the GPU, twice, bit for bit; CUDA labelling against the CPU's; AMP resume.
+test-gpu: $(STAMP)
+	$(BIN)/python -m pytest -q -rs -m gpu
 
 # ---- data: embedded synthetic data sets, one per AVSBench layout ---------------------------------------------
 $(RAW)/synth-%/.complete: stages/synth.toml | $(STAMP)

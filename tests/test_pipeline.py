@@ -30,14 +30,15 @@ def pcas(*args: str) -> None:
     assert result.exit_code == 0, result.output
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    base = tmp_path_factory.mktemp("pipeline")
-    raw, run = base / "raw", base / "run"
+def synth_tiny(raw: Path) -> None:
     pcas("synth", "--layout", "avss", "--root", str(raw), "--videos", "8", "--set", "image_size=48",
          "--set", "val_videos=3", "--set", "test_videos=3", "--set", "workers=1")
+
+
+def run_every_stage(raw: Path, run: Path, device: str) -> None:
+    """Every stage of the pipeline on `raw`, training and labelling on `device`."""
     pcas("extract", "--layout", "avss", "--root", str(raw), "--run", str(run), "--image-size", "32")
-    r = ["--run", str(run), "--epochs", "1", "--device", "cpu"]
+    r = ["--run", str(run), "--epochs", "1", "--device", device]
     pcas("train-visual", *r, *TINY_VISUAL, *TINY_OPTIM)
     tiny_audio = ["--set", "audio.embed_dim=32", "--set", "audio.depth=1", "--set", "audio.num_heads=2"]
     pcas("train-tvp", *r, *tiny_audio, *TINY_OPTIM)
@@ -45,7 +46,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pcas("train-tvp", *r, "--no-tvp", *tiny_audio, *TINY_OPTIM, "--name", "ast-st", "--set", "teacher=ast")
     pcas("align", *r, *TINY_OPTIM)
     pcas("refine", *r, *TINY_OPTIM, "--set", "cmcc_params.crop_size=16")
-    quick = ["--run", str(run), "--device", "cpu", "--set", "scales=[1.0]"]
+    quick = ["--run", str(run), "--device", device, "--set", "scales=[1.0]"]
     for split in ("val", "test"):
         pcas("pseudo-label", *quick, "--split", split)
         pcas("pseudo-label", *quick, "--split", split, "--weights", "visual", "--listener", "", "--out",
@@ -63,7 +64,14 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                        ("visible", "baselines/visible/test.h5"), ("seg", "seg/test.h5")):
         pcas("eval", "--features", str(run / "features/test.h5"), "--predictions", str(run / pred),
              "--out", str(run / f"metrics/{name}.json"), "--name", name)
-    return run
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("pipeline")
+    synth_tiny(base / "raw")
+    run_every_stage(base / "raw", base / "run", "cpu")
+    return base / "run"
 
 
 def test_every_stage_writes_its_artifact(run_dir: Path) -> None:
@@ -543,3 +551,51 @@ def test_report_snapshots_a_real_run_and_rebuilds_its_tables_without_it(run_dir:
     (runs / "p-avss").unlink()
     pcas("report", "--runs", str(runs), "--out", str(out), "--prefix", "p", "--no-update-readme")
     assert (out / "p.md").read_text().split("\n\n", 2)[2] == text.split("\n\n", 2)[2]
+
+
+# ---- CUDA (marker `gpu`: `make test-gpu`, run where a GPU exists; CI has none) -------------------------------------
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+CHECKPOINTS = ("visual", "tvp", "ast", "ast-st", "align", "refine", "supervised", "seg")
+PREDICTIONS = ("pseudo/val.h5", "pseudo/test.h5", "baselines/cam/test.h5", "crf/test.h5", "pseudo/train.h5",
+               "supervised/test.h5", "seg/test.h5")
+
+
+def _prediction_differences(a: Path, b: Path) -> dict[str, float]:
+    """Largest absolute score difference and share of differing mask pixels between two prediction artifacts."""
+    pa, pb = read_predictions(a), read_predictions(b)
+    score_diff, mask_diff, pixels = 0.0, 0, 0
+    for i in range(pa.n):
+        sa, sb = (p.read("scores", i).astype(np.float32) for p in (pa, pb))
+        ma, mb = pa.read("masks", i), pb.read("masks", i)
+        score_diff = max(score_diff, float(np.abs(sa - sb).max()))
+        mask_diff, pixels = mask_diff + int((ma != mb).sum()), pixels + ma.size
+    return {"scores": score_diff, "masks": mask_diff / pixels}
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, needs_cuda])])
+def test_every_stage_repeats_bit_for_bit(tmp_path: Path, device: str) -> None:
+    """Same seed, same data, same numbers, on the CPU and on the GPU: two runs of every stage give identical weights
+    and identical predictions (seed_everything asks for deterministic kernels; on CUDA it sets cuBLAS's workspace)."""
+    from pcas_cli.training.checkpoint import load_checkpoint
+
+    synth_tiny(tmp_path / "raw")
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for run in runs:
+        run_every_stage(tmp_path / "raw", run, device)
+    weights = {n: [load_checkpoint(r / f"ckpt/{n}.pt")["artifact_id"] for r in runs] for n in CHECKPOINTS}
+    differing = [n for n, (a, b) in weights.items() if a != b]
+    differing += [f"{rel}: {d}" for rel in PREDICTIONS
+                  if (d := _prediction_differences(*(r / rel for r in runs)))["scores"] or d["masks"]]
+    assert not differing, differing
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_labelling_on_cuda_matches_the_cpu(run_dir: Path, tmp_path: Path) -> None:
+    """The CPU run's weights give the same pseudo-labels on the GPU (up to float rounding: cuDNN may use TF32)."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    for split in ("val", "test"):
+        pcas("pseudo-label", "--run", str(run), "--device", "cuda", "--set", "scales=[1.0]", "--split", split)
+    d = _prediction_differences(run_dir / "pseudo/test.h5", run / "pseudo/test.h5")
+    assert d["scores"] < 2e-2 and d["masks"] < 1e-2, d
