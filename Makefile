@@ -16,6 +16,10 @@ RUNS := data/runs
 LAYOUTS := avss s4 ms3
 # Wall time and peak memory of every pcas command go here (read by `pcas report`).
 export PCAS_TIMINGS := $(abspath data/timings.jsonl)
+# An interrupted make (a killed job, a closed session) continues each training stage from its last epoch, but only
+# where that reproduces the uninterrupted run bit for bit: same settings, code, libraries and device; else it trains
+# afresh (pcas_cli/training/loop.py, Resume). Override with PCAS_RESUME=false.
+export PCAS_RESUME ?= auto
 
 .PHONY: help install lock test test-slow test-gpu reproduce reproduce-ablations reproduce-seg results bench bench-avdigits clean-runs
 .DELETE_ON_ERROR:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 import tomllib
 from pathlib import Path
@@ -50,10 +51,27 @@ def _stage(module: str, cls_name: str, stage: str, config: Path | None, preset: 
     from pcas_cli.config import load_config
 
     mod = importlib.import_module(f"pcas_cli.{module}")
+    if "resume" in options and options["resume"] is None:
+        options["resume"] = _resume_from_env()
     overrides = {k.replace("__", "."): v for k, v in options.items()}
     overrides.update(_parse_sets(sets))
     cfg = load_config(getattr(mod, cls_name), stage, config, preset, overrides)
     return mod.run(cfg)
+
+
+RESUME_ENV = "PCAS_RESUME"
+_RESUME_VALUES: dict[str, bool | str] = {"auto": "auto", "true": True, "1": True, "false": False, "0": False}
+
+
+def _resume_from_env() -> bool | str | None:
+    """$PCAS_RESUME (auto | true | false) for a training stage run without --resume/--no-resume. The Makefile exports
+    auto: an interrupted `make` continues its training where that gives an uninterrupted run's numbers."""
+    raw = os.environ.get(RESUME_ENV, "").strip().lower()
+    if not raw:
+        return None
+    if raw not in _RESUME_VALUES:
+        raise PcasError(f"{RESUME_ENV}={raw!r}: use auto, true or false")
+    return _RESUME_VALUES[raw]
 
 
 def _version(value: bool) -> None:
@@ -88,7 +106,10 @@ STAGE_CONFIGS: dict[str, tuple[str, str]] = {
 
 RunOpt = typer.Option(None, "--run", "--run-dir", help="run folder (config default: data/runs/synth-avss)")
 DeviceOpt = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (config default: auto)")
-ResumeOpt = typer.Option(None, "--resume/--no-resume", help="continue an interrupted run from its last checkpoint")
+ResumeOpt = typer.Option(None, "--resume/--no-resume",
+                         help="continue an interrupted run from its last checkpoint (refusing changed settings), or "
+                              "start afresh. Unset: $PCAS_RESUME, where auto (make's) continues only a run with the "
+                              "same settings, code, libraries and device")
 EpochsOpt = typer.Option(None, "--epochs", help="training epochs (from the stage config)")
 SeedOpt = typer.Option(None, "--seed", help="random seed (config default: 0)")
 LocalWeightsOpt = typer.Option(None, help="local timm-compatible weights file to start from")

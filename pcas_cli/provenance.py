@@ -30,6 +30,18 @@ def code_version() -> str:
 
 
 @functools.lru_cache(maxsize=1)
+def source_fingerprint() -> str:
+    """sha256 over this package's Python sources (names and contents): equal exactly when the code is. Unlike
+    code_version it ignores commits that leave the package alone and sees uncommitted edits."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(f"{path.relative_to(root).as_posix()}\0".encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
 def library_versions() -> dict[str, str]:
     import importlib.metadata as md
 

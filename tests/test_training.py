@@ -212,6 +212,67 @@ def test_resume_without_checkpoint_starts_fresh_and_finished_run_is_kept(tmp_pat
     assert load_checkpoint(again.best_path)["artifact_id"] == art_id and len(again.history) == 1
 
 
+def _crash(tmp_path, cfg=None, epoch=2):
+    with pytest.raises(KeyboardInterrupt):
+        fit(ToyTask(noise=0.1, crash_at_epoch=epoch), cfg or _cfg(), tmp_path, "toy", PROV, device="cpu")
+
+
+def test_auto_resume_continues_only_what_reproduces_the_uninterrupted_run(tmp_path, monkeypatch, capsys):
+    """resume="auto" (what make uses): continue an interrupted run bit for bit; train afresh, without refusing, when
+    the settings, the code, the libraries or the device type changed, or when a finished run's weights are gone."""
+    import pcas_cli.training.loop as loop
+
+    straight = fit(ToyTask(noise=0.1), _cfg(), tmp_path / "a", "toy", PROV, device="cpu")
+    straight_id = load_checkpoint(straight.best_path)["artifact_id"]
+    _crash(tmp_path / "b")
+    res = fit(ToyTask(noise=0.1, init_seed=999), _cfg(), tmp_path / "b", "toy", PROV, resume="auto", device="cpu")
+    assert "resuming toy" in capsys.readouterr().out
+    assert load_checkpoint(res.best_path)["artifact_id"] == straight_id and len(res.history) == 3
+
+    # A changed setting: trained afresh (init_seed 999 then shows in the weights), where resume=True refuses.
+    _crash(tmp_path / "c")
+    fresh = fit(ToyTask(noise=0.1, init_seed=999), _cfg(lr=0.02), tmp_path / "fresh", "toy", PROV, device="cpu")
+    res = fit(ToyTask(noise=0.1, init_seed=999), _cfg(lr=0.02), tmp_path / "c", "toy", PROV, resume="auto",
+              device="cpu")
+    assert "made with other optim.lr: training toy from scratch" in " ".join(capsys.readouterr().out.split())
+    assert load_checkpoint(res.best_path)["artifact_id"] == load_checkpoint(fresh.best_path)["artifact_id"]
+
+    # Other code, libraries or device type than the interrupted run's: afresh too.
+    for key, value in (("code", "0" * 64), ("libraries", {"torch": "0.0"}), ("device", "cuda")):
+        _crash(tmp_path / key)
+        real = loop._environment
+        monkeypatch.setattr(loop, "_environment", lambda run, k=key, v=value: {**real(run), k: v})
+        res = fit(ToyTask(noise=0.1), _cfg(), tmp_path / key, "toy", PROV, resume="auto", device="cpu")
+        monkeypatch.setattr(loop, "_environment", real)
+        assert f"made with other {key}" in capsys.readouterr().out and len(res.history) == 3
+        assert load_checkpoint(res.best_path)["artifact_id"] == straight_id  # retrained: the same numbers
+
+    # A finished run is kept while its weights are published, retrained once they are gone.
+    kept = fit(ToyTask(noise=0.1, init_seed=5), _cfg(), tmp_path / "a", "toy", PROV, resume="auto", device="cpu")
+    assert load_checkpoint(kept.best_path)["artifact_id"] == straight_id
+    (tmp_path / "a" / "toy.pt").unlink()
+    res = fit(ToyTask(noise=0.1, init_seed=5), _cfg(), tmp_path / "a", "toy", PROV, resume="auto", device="cpu")
+    assert "is gone: training toy from scratch" in " ".join(capsys.readouterr().out.split())
+    assert load_checkpoint(res.best_path)["artifact_id"] != straight_id  # init_seed 5: trained, not republished
+
+    # An unreadable checkpoint: afresh, not an error.
+    (tmp_path / "a" / "toy.last.pt").write_bytes(b"garbage")
+    fit(ToyTask(noise=0.1), _cfg(), tmp_path / "a", "toy", PROV, resume="auto", device="cpu")
+    assert "not a readable checkpoint" in capsys.readouterr().out
+
+
+def test_pcas_resume_environment_variable(tmp_path, monkeypatch):
+    """make exports PCAS_RESUME=auto; --resume/--no-resume win over it; a bad value is a one-line error."""
+    from pcas_cli.cli import _resume_from_env
+
+    for raw, want in (("", None), ("auto", "auto"), ("TRUE", True), ("0", False)):
+        monkeypatch.setenv("PCAS_RESUME", raw)
+        assert _resume_from_env() == want
+    monkeypatch.setenv("PCAS_RESUME", "sometimes")
+    with pytest.raises(PcasError, match="PCAS_RESUME='sometimes': use auto, true or false"):
+        _resume_from_env()
+
+
 def test_fit_rejects_bad_setups(tmp_path):
     with pytest.raises(PcasError, match="fewer than one batch"):
         fit(ToyTask(n=4), _cfg(), tmp_path, "toy", PROV, device="cpu")

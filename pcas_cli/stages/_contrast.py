@@ -37,7 +37,7 @@ from pcas_cli.stages._common import (AudioCache, PCASModel, ProjectionConfig, ch
                                      listen, listener_names, open_features, resolve_device, run_paths, second_targets,
                                      stage_config, visual_from_checkpoint)
 from pcas_cli.training.data import AugmentConfig, FrameDataset
-from pcas_cli.training.loop import OptimConfig, TrainTask, fit
+from pcas_cli.training.loop import OptimConfig, Resume, TrainTask, fit
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ class ContrastConfig:
                                                                    clip_grad_norm=1.0))  # optimisation
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(crop_scale=(0.6, 1.0), hflip=0.5))
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    resume: bool = False  # continue an interrupted run
+    resume: Resume = False  # continue an interrupted run: True, False or "auto" (training.loop.Resume)
 
 
 # oracle_patch_labels -> the label of a patch by the region covering most of it (background, silent object,

@@ -38,7 +38,7 @@ from pcas_cli.stages._common import (AudioModelConfig, VisualModelConfig, base_s
 from pcas_cli.stages._predict import prediction_classes, write_predictions
 from pcas_cli.training.checkpoint import load_checkpoint
 from pcas_cli.training.data import AugmentConfig, FrameDataset
-from pcas_cli.training.loop import OptimConfig, TrainTask, fit
+from pcas_cli.training.loop import OptimConfig, Resume, TrainTask, fit
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class TrainSupervisedConfig:
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(crop_scale=(0.5, 1.0), hflip=0.5,
                                                                      time_mask=20, freq_mask=24))
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    resume: bool = False  # continue an interrupted run
+    resume: Resume = False  # continue an interrupted run: True, False or "auto" (training.loop.Resume)
 
 
 @dataclass

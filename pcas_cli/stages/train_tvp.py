@@ -40,7 +40,7 @@ from pcas_cli.stages._common import (AudioModelConfig, audio_architecture, audio
                                      frames_to_tensor, load_state, open_features, resolve_device, run_paths,
                                      stage_config, visual_from_checkpoint, visual_prompts)
 from pcas_cli.training.data import AugmentConfig, ClipDataset, heard_labels
-from pcas_cli.training.loop import OptimConfig, TrainTask, fit
+from pcas_cli.training.loop import OptimConfig, Resume, TrainTask, fit
 from pcas_cli.writing import write_json
 
 
@@ -60,7 +60,7 @@ class TrainTVPConfig:
     self_train_epochs: int = 0  # > 0: train <stem>-mil.pt (MIL, optim.epochs), then <stem>.pt taught by it this long
     self_train_rounds: int = 1  # with self_train_epochs: students in a chain, each taught by the one before
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    resume: bool = False  # continue an interrupted run
+    resume: Resume = False  # continue an interrupted run: True, False or "auto" (training.loop.Resume)
 
     @property
     def stem(self) -> str:

@@ -24,7 +24,7 @@ from pcas_cli.seed import seed_everything
 from pcas_cli.stages._common import (PCASModel, VisualModelConfig, base_spec, build_visual, feature_key,
                                      features_path, open_features, resolve_device, run_paths, stage_config)
 from pcas_cli.training.data import AugmentConfig, FrameDataset
-from pcas_cli.training.loop import OptimConfig, TrainTask, fit
+from pcas_cli.training.loop import OptimConfig, Resume, TrainTask, fit
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class TrainVisualConfig:
                                                                    clip_grad_norm=1.0))  # optimisation
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(crop_scale=(0.5, 1.0), hflip=0.5))
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    resume: bool = False  # continue an interrupted run from ckpt/visual.last.pt
+    resume: Resume = False  # continue an interrupted run: True, False or "auto" (training.loop.Resume)
 
 
 class VisualTask(TrainTask):

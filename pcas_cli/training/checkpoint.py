@@ -129,6 +129,11 @@ def check_same_run(path: Path | str, saved: Mapping[str, Any], current: Mapping[
                         "same settings, or start over without --resume")
 
 
+def differing_keys(saved: Any, current: Any) -> list[str]:
+    """The dotted keys whose values differ between two JSON-like records (e.g. "optim.lr")."""
+    return [key for key, _, _ in _diff(saved, current, "")]
+
+
 def _diff(a: Any, b: Any, prefix: str) -> list[tuple[str, Any, Any]]:
     if isinstance(a, Mapping) and isinstance(b, Mapping):
         out: list[tuple[str, Any, Any]] = []

@@ -36,14 +36,20 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from pcas_cli.config import to_dict
 from pcas_cli.console import CONSOLE, progress
 from pcas_cli.errors import PcasError
+from pcas_cli.provenance import library_versions, source_fingerprint
 from pcas_cli.seed import seed_everything
 from pcas_cli.training import distributed as D
-from pcas_cli.training.checkpoint import (FORMAT, FORMAT_VERSION, capture_rng, check_same_run, cpu_state, jsonable,
-                                          load_checkpoint, make_artifact, restore_rng, save_checkpoint)
+from pcas_cli.training.checkpoint import (FORMAT, FORMAT_VERSION, capture_rng, check_same_run, cpu_state,
+                                          differing_keys, jsonable, load_checkpoint, make_artifact, restore_rng,
+                                          save_checkpoint)
 from pcas_cli.training.schedule import OptimConfig, lr_at
 
 # Settings that may change between an interrupted run and its resumption without changing any number it computes.
 _RESUME_SAFE = ("log_every", "tensorboard")
+# How `fit` treats `<name>.last.pt`: False never reads it; True continues from it and refuses changed settings (the
+# user asked to resume); "auto" continues it only where that gives the numbers an uninterrupted run would (same
+# settings, code, libraries and device type, and a finished run's weights still published), else trains afresh.
+Resume = bool | Literal["auto"]
 
 
 class TrainTask:
@@ -131,7 +137,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def fit(task: TrainTask, cfg: OptimConfig, ckpt_dir: Path | str, name: str, provenance: dict[str, Any],
-        resume: bool = False, device: str = "auto") -> FitResult:
+        resume: Resume = False, device: str = "auto") -> FitResult:
     """Train `task.model`, checkpoint every epoch, and publish the selected weights as `<ckpt_dir>/<name>.pt`.
 
     Args:
@@ -142,7 +148,8 @@ def fit(task: TrainTask, cfg: OptimConfig, ckpt_dir: Path | str, name: str, prov
         provenance: `make_provenance(...)` of the stage; stored in both checkpoints, its "stage" names the stage.
             Its "config", "seed" and "inputs" must hold only what shapes the numbers (not --resume or --device):
             resuming refuses any change in them, or in `cfg` (except log_every and tensorboard).
-        resume: continue from `<name>.last.pt` (a fresh start when there is none).
+        resume: True continues from `<name>.last.pt` (a fresh start when there is none; changed settings are
+            refused); "auto" continues it only when the rerun would compute the same numbers (see `Resume`).
         device: "auto" (CUDA if available), "cpu", "cuda" or "cuda:<i>".
     """
     info = D.init_distributed(device)
@@ -156,17 +163,15 @@ def fit(task: TrainTask, cfg: OptimConfig, ckpt_dir: Path | str, name: str, prov
     return result
 
 
-def _fit(task: TrainTask, cfg: OptimConfig, ckpt_dir: Path, name: str, provenance: dict[str, Any], resume: bool,
+def _fit(task: TrainTask, cfg: OptimConfig, ckpt_dir: Path, name: str, provenance: dict[str, Any], resume: Resume,
          info: D.DistInfo) -> FitResult:
     seed_everything(cfg.seed + info.rank)
     run = _build_run(task, cfg, info, ckpt_dir, name, provenance)
-    last = run.path(".last.pt")
-    if resume and last.exists():
-        _restore(run, load_checkpoint(last, expect_stage=run.stage, expect_kind="resume"))
-    elif resume:
-        _say(info, f"[yellow]{last} not found: starting {name} from scratch")
+    state = _resume_state(run, resume)
+    if state is not None:
+        _restore(run, state)
     if info.is_main:
-        _reset_outputs(run, keep_log=resume)
+        _reset_outputs(run, keep_log=state is not None)
     D.barrier()
     if run.epoch < cfg.epochs:
         with _MetricsLog(run) as log, progress() as bar:
@@ -176,7 +181,7 @@ def _fit(task: TrainTask, cfg: OptimConfig, ckpt_dir: Path, name: str, provenanc
                 _end_epoch(run, sums, log)
     if info.is_main:
         _publish(run)
-    return FitResult(run.path(".pt"), last, run.history)
+    return FitResult(run.path(".pt"), run.path(".last.pt"), run.history)
 
 
 def _build_run(task: TrainTask, cfg: OptimConfig, info: D.DistInfo, ckpt_dir: Path, name: str,
@@ -390,13 +395,48 @@ def _resume_payload(run: _Run, rng: list[dict[str, Any]]) -> dict[str, Any]:
             "name": run.name, "model": cpu_state(run.model), "optimizer": run.optimizer.state_dict(),
             "scaler": run.scaler.state_dict(), "step": run.step, "epoch": run.epoch, "best": run.best,
             "history": run.history, "rng": rng, "identity": _identity(run), "config": to_dict(run.cfg),
-            "provenance": run.provenance}
+            "provenance": run.provenance, "environment": _environment(run)}
 
 
 def _artifact(run: _Run, metrics: dict[str, float] | None) -> dict[str, Any]:
     selected = {"metric": run.task.select_metric, "mode": run.task.select_mode} if run.best else None
     return make_artifact(cpu_state(run.model), run.stage, run.provenance, name=run.name, epoch=run.epoch,
                          step=run.step, metrics=metrics, selected_by=selected, config=to_dict(run.cfg))
+
+
+def _resume_state(run: _Run, resume: Resume) -> dict[str, Any] | None:
+    """The resume checkpoint to continue from, or None to train from scratch (see `Resume`)."""
+    last = run.path(".last.pt")
+    if not resume:
+        return None
+    if not last.exists():
+        if resume is True:
+            _say(run.info, f"[yellow]{last} not found: starting {run.name} from scratch")
+        return None
+    if resume is True:
+        return load_checkpoint(last, expect_stage=run.stage, expect_kind="resume")
+    try:
+        state = load_checkpoint(last, expect_stage=run.stage, expect_kind="resume")
+    except PcasError as e:
+        return _afresh(run, str(e))
+    differs = differing_keys(state.get("identity"), _identity(run))
+    differs += [key for key, now in _environment(run).items() if state.get("environment", {}).get(key) != now]
+    if differs:
+        return _afresh(run, f"{last}: made with other {', '.join(differs[:4])}")
+    if state["epoch"] >= run.cfg.epochs and not run.path(".pt").exists():
+        return _afresh(run, f"{last}: a finished run whose published {run.path('.pt').name} is gone")
+    return state
+
+
+def _afresh(run: _Run, why: str) -> None:
+    _say(run.info, f"[yellow]{why}: training {run.name} from scratch")
+    return None
+
+
+def _environment(run: _Run) -> dict[str, Any]:
+    """What besides the settings shapes the numbers, for "auto" resumption: the package's code, the libraries, the
+    device type (a CPU run continued on CUDA would mix the two's rounding)."""
+    return {"code": source_fingerprint(), "libraries": library_versions(), "device": run.info.device.type}
 
 
 def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
@@ -411,7 +451,10 @@ def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
     run.scaler.load_state_dict(ckpt["scaler"])
     run.step, run.epoch, run.best, run.history = ckpt["step"], ckpt["epoch"], ckpt["best"], list(ckpt["history"])
     restore_rng(ckpt["rng"][run.info.rank], run.info.device)
-    _say(run.info, f"resuming {run.name} from {last} (epoch {run.epoch}/{run.cfg.epochs}, step {run.step})")
+    if run.epoch < run.cfg.epochs:
+        _say(run.info, f"resuming {run.name} from {last} (epoch {run.epoch}/{run.cfg.epochs}, step {run.step})")
+    else:
+        _say(run.info, f"{run.name}: {last} is a finished run of these settings; nothing to train")
 
 
 def _reset_outputs(run: _Run, keep_log: bool) -> None:
