@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -195,3 +196,17 @@ def test_the_report_shows_table4_rows_only_while_make_would_not_retrain_them(tmp
     assert _report_line(tmp_path, "reproduce").endswith("--table4-seeds 0")
     (tmp_path / "stages" / "refine.toml").touch()  # every Table 4 row is now stale; reproduce retrains refine only
     assert _report_line(tmp_path, "reproduce").endswith("--table4-seeds ")
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make not installed")
+def test_make_resumes_interrupted_training_unless_told_not_to() -> None:
+    """make exports PCAS_RESUME=auto to every pcas command (training continues where that is exact); a caller's
+    PCAS_RESUME wins."""
+    def seen(env: dict[str, str]) -> str:
+        return subprocess.run(["make", "-s", *MAKE_VARS, "--eval", "print-resume: ; @echo $$PCAS_RESUME",
+                               "print-resume"], cwd=ROOT, check=True, capture_output=True, text=True,
+                              env=env).stdout.strip()
+
+    env = {k: v for k, v in os.environ.items() if k != "PCAS_RESUME"}
+    assert seen(env) == "auto"
+    assert seen({**env, "PCAS_RESUME": "false"}) == "false"
