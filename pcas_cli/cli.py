@@ -448,6 +448,9 @@ def _record_timing(started: float) -> None:
     record = {"command": sys.argv[1], "argv": sys.argv[2:], "seconds": round(time.time() - started, 2),
               "peak_rss_mb": round(peak / 1024, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
               "machine": machine()}
+    loop = sys.modules.get("pcas_cli.training.loop")  # imported only by training commands
+    if loop is not None and loop.RESUMED:
+        record["resumed"] = list(loop.RESUMED)  # its time covers only the epochs this command trained
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")

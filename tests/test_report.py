@@ -330,3 +330,25 @@ def test_a_timed_command_records_where_it_ran(tmp_path: Path, monkeypatch) -> No
     assert record["seconds"] >= 2.0 and record["machine"] == machine() and " cores, " in machine()
     rows = timing_table(ReportConfig(runs=tmp_path, prefix="x", timings=log))[1]
     assert rows[0]["machine"] == machine()
+
+
+def test_a_command_that_continued_a_run_is_marked_in_the_timings(tmp_path: Path, monkeypatch) -> None:
+    """A training command that resumed an interrupted run timed only its remaining epochs: the table says so."""
+    import time
+
+    import pcas_cli.training.loop as loop
+    from pcas_cli.cli import _record_timing
+
+    log = tmp_path / "timings.jsonl"
+    monkeypatch.setenv("PCAS_TIMINGS", str(log))
+    monkeypatch.setattr("sys.argv", ["pcas", "train-visual", "--run", "data/runs/x-avss"])
+    monkeypatch.setattr(loop, "RESUMED", ["visual from epoch 2/4"])
+    _record_timing(time.time() - 3.0)
+    monkeypatch.setattr(loop, "RESUMED", [])
+    monkeypatch.setattr("sys.argv", ["pcas", "refine", "--run", "data/runs/x-avss"])
+    _record_timing(time.time() - 1.0)
+    assert "resumed" not in json.loads(log.read_text().splitlines()[1])
+    lines, rows = timing_table(ReportConfig(runs=tmp_path, prefix="x", timings=log))
+    assert any(line.startswith("| x-avss | `train-visual` | 3.0 (continued) |") for line in lines)
+    assert any(line.startswith("| x-avss | `refine` | 1.0 |") for line in lines)
+    assert lines[-1].endswith("covers only the epochs it trained: `train-visual` (x-avss: visual from epoch 2/4).")

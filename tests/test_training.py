@@ -226,7 +226,7 @@ def test_auto_resume_continues_only_what_reproduces_the_uninterrupted_run(tmp_pa
     straight_id = load_checkpoint(straight.best_path)["artifact_id"]
     _crash(tmp_path / "b")
     res = fit(ToyTask(noise=0.1, init_seed=999), _cfg(), tmp_path / "b", "toy", PROV, resume="auto", device="cpu")
-    assert "resuming toy" in capsys.readouterr().out
+    assert "resuming toy" in capsys.readouterr().out and loop.RESUMED[-1] == "toy from epoch 2/3"  # timings log
     assert load_checkpoint(res.best_path)["artifact_id"] == straight_id and len(res.history) == 3
 
     # A changed setting: trained afresh (init_seed 999 then shows in the weights), where resume=True refuses.

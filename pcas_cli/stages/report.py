@@ -512,7 +512,8 @@ def timing_table(cfg: ReportConfig) -> tuple[list[str], list[dict[str, Any]]]:
         # Keyed by what the command writes, so a rerun with other options replaces the old row instead of adding one.
         latest[(run, rec["command"], *_output_of(rec["argv"]))] = {**rec, "detail": _describe_argv(rec["argv"])}
     rows = [{"run": k[0], "command": f"{k[1]} {v['detail']}".strip(), "seconds": v["seconds"],
-             "peak_rss_mb": v["peak_rss_mb"], "machine": v.get("machine")} for k, v in sorted(latest.items())]
+             "peak_rss_mb": v["peak_rss_mb"], "machine": v.get("machine"), "resumed": v.get("resumed", [])}
+            for k, v in sorted(latest.items())]
     lines = ["| run | command | wall time (s) | peak memory (MiB) |", "|---|---|---|---|"]
     # the extra Table 4 seeds repeat the seed-0 rows' commands: one summary line per run instead of ~35 each
     seeded: dict[str, list[dict[str, Any]]] = {}
@@ -520,12 +521,17 @@ def timing_table(cfg: ReportConfig) -> tuple[list[str], list[dict[str, Any]]]:
         if _EXTRA_SEED.search(r["command"]):
             seeded.setdefault(r["run"], []).append(r)
         else:
-            lines.append(f"| {r['run']} | `{r['command']}` | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} |")
+            mark = " (continued)" if r["resumed"] else ""
+            lines.append(f"| {r['run']} | `{r['command']}` | {r['seconds']:.1f}{mark} | {r['peak_rss_mb']:.0f} |")
     for run, rs in sorted(seeded.items()):
         lines.append(f"| {run} | {len(rs)} commands of the extra Table 4 seeds | {sum(r['seconds'] for r in rs):.1f} "
                      f"| {max(r['peak_rss_mb'] for r in rs):.0f} |")
     total = sum(r["seconds"] for r in rows)
     lines.append(f"| all | | {total:.1f} | {max((r['peak_rss_mb'] for r in rows), default=0):.0f} |")
+    continued = [f"`{r['command']}` ({r['run']}: {', '.join(r['resumed'])})" for r in rows if r["resumed"]]
+    if continued:
+        lines += ["", "(continued): the command continued an interrupted run (make's PCAS_RESUME=auto), so its time "
+                      "covers only the epochs it trained: " + "; ".join(continued) + "."]
     return lines, rows
 
 

@@ -50,6 +50,9 @@ _RESUME_SAFE = ("log_every", "tensorboard")
 # user asked to resume); "auto" continues it only where that gives the numbers an uninterrupted run would (same
 # settings, code, libraries and device type, and a finished run's weights still published), else trains afresh.
 Resume = bool | Literal["auto"]
+# This process's resumptions ("<name> from epoch e/n"): the timings log marks a command that continued a run, whose
+# wall time then covers only the epochs it trained.
+RESUMED: list[str] = []
 
 
 class TrainTask:
@@ -451,6 +454,7 @@ def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
     run.scaler.load_state_dict(ckpt["scaler"])
     run.step, run.epoch, run.best, run.history = ckpt["step"], ckpt["epoch"], ckpt["best"], list(ckpt["history"])
     restore_rng(ckpt["rng"][run.info.rank], run.info.device)
+    RESUMED.append(f"{run.name} from epoch {run.epoch}/{run.cfg.epochs}")
     if run.epoch < run.cfg.epochs:
         _say(run.info, f"resuming {run.name} from {last} (epoch {run.epoch}/{run.cfg.epochs}, step {run.step})")
     else:
