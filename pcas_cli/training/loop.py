@@ -53,6 +53,8 @@ Resume = bool | Literal["auto"]
 # This process's resumptions ("<name> from epoch e/n"): the timings log marks a command that continued a run, whose
 # wall time then covers only the epochs it trained.
 RESUMED: list[str] = []
+# The package source this process runs, hashed at import (not at the first checkpoint, after edits on disk).
+_SOURCE = source_fingerprint()
 
 
 class TrainTask:
@@ -439,7 +441,7 @@ def _afresh(run: _Run, why: str) -> None:
 def _environment(run: _Run) -> dict[str, Any]:
     """What besides the settings shapes the numbers, for "auto" resumption: the package's code, the libraries, the
     device type (a CPU run continued on CUDA would mix the two's rounding)."""
-    return {"code": source_fingerprint(), "libraries": library_versions(), "device": run.info.device.type}
+    return {"code": _SOURCE, "libraries": library_versions(), "device": run.info.device.type}
 
 
 def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
