@@ -448,7 +448,7 @@ def _record_timing(started: float) -> None:
     record = {"command": sys.argv[1], "argv": sys.argv[2:], "seconds": round(time.time() - started, 2),
               "peak_rss_mb": round(peak / 1024, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
               "machine": machine()}
-    loop = sys.modules.get("pcas_cli.training.loop")  # imported only by training commands
+    loop = sys.modules.get("pcas_cli.training.loop")  # None unless the command loaded the training loop
     if loop is not None and loop.RESUMED:
         record["resumed"] = list(loop.RESUMED)  # its time covers only the epochs this command trained
     Path(path).parent.mkdir(parents=True, exist_ok=True)

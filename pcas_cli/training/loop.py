@@ -418,12 +418,14 @@ def _resume_state(run: _Run, resume: Resume) -> dict[str, Any] | None:
         if resume is True:
             _say(run.info, f"[yellow]{last} not found: starting {run.name} from scratch")
         return None
-    if resume is True:
-        return load_checkpoint(last, expect_stage=run.stage, expect_kind="resume")
     try:
         state = load_checkpoint(last, expect_stage=run.stage, expect_kind="resume")
     except PcasError as e:
+        if resume is True:
+            raise
         return _afresh(run, str(e))
+    if resume is True:
+        return state
     differs = differing_keys(state.get("identity"), _identity(run))
     differs += [key for key, now in _environment(run).items() if state.get("environment", {}).get(key) != now]
     if differs:
