@@ -372,9 +372,10 @@ def report(
     runs: Path = typer.Option(Path("data/runs"), help="folder holding the run folders"),
     out: Path = typer.Option(Path("results"), help="where tables, JSON and pictures go"),
     prefix: str = typer.Option("synth", help="run family: <prefix>-s4, <prefix>-ms3, <prefix>-avss"),
-    update_readme: bool = typer.Option(True, "--update-readme/--no-update-readme",
-                                       help="refresh README.md's block for this prefix (synth: the results "
-                                            "block; others: <!-- results-PREFIX:start/end --> if present)"),
+    update_readme: Optional[bool] = typer.Option(None, "--update-readme/--no-update-readme",
+                                                 help="refresh README.md's block for this prefix (synth: the "
+                                                      "results block; others: <!-- results-PREFIX:start/end --> if "
+                                                      "present). Default: only when --out is ./results"),
     table4_seeds: Optional[str] = typer.Option(None, help="Table 4 seeds whose rows are current, e.g. \"0 1 2\" "
                                                           "(Makefile: TABLE4_SEEDS); without 0 Table 4 is left "
                                                           "out. Default: every seed scored"),

@@ -257,6 +257,23 @@ def test_refuses_a_folder_without_the_run_family_and_leaves_the_readme_alone(tmp
     assert (tmp_path / "README.md").read_text() == block and not (tmp_path / "results").exists()
 
 
+def test_a_report_written_elsewhere_leaves_the_readme_alone_unless_told(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    block = f"intro\n{README_START}\nmeasured tables\n{README_END}\n"
+    (tmp_path / "README.md").write_text(block)
+    _metrics(tmp_path / "runs/synth-s4/metrics/pcas.json", 0.5, 0.6)
+    scratch = ReportConfig(runs=tmp_path / "runs", out=tmp_path / "scratch", timings=tmp_path / "none.jsonl")
+    assert "| PCAS | 60.00 | 50.00 |" in run(scratch).read_text()
+    assert (tmp_path / "README.md").read_text() == block
+    run(replace(scratch, update_readme=True))
+    assert "| PCAS | 60.00 | 50.00 |" in (tmp_path / "README.md").read_text()
+    (tmp_path / "README.md").write_text(block)
+    run(replace(scratch, out=Path("results"), update_readme=False))
+    assert (tmp_path / "README.md").read_text() == block
+    run(replace(scratch, out=Path("results")))  # the project's own results folder: refreshed by default
+    assert "measured tables" not in (tmp_path / "README.md").read_text()
+
+
 def test_the_bound_with_the_crf_is_pcas_crf_like_for_like_reference(tmp_path: Path, monkeypatch) -> None:
     runs = tmp_path / "runs"
     _metrics(runs / "x-avss/metrics/supervised.json", 0.4, 0.45, clip_iou=[0.4, 0.4])

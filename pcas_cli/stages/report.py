@@ -55,7 +55,9 @@ class ReportConfig:
     prefix: str = "synth"  # run family: <prefix>-s4, <prefix>-ms3, <prefix>-avss
     timings: Path = Path("data/timings.jsonl")  # per-command wall time / peak memory log (Makefile sets it); or
     # a folder of snapshots, each with its run's records in timings.jsonl
-    update_readme: bool = True  # refresh README.md's block for this prefix (see readme_markers), if it has one
+    # refresh README.md's block for this prefix (see readme_markers), if it has one. None: only when writing to the
+    # project's own results folder, so a report written elsewhere (a scratch --out) never rewrites the README
+    update_readme: bool | None = None
     # Table 4's seeds to report: those whose rows are current (the Makefile passes the seeds it has just brought up
     # to date); other seeds' metrics may be left from an earlier run under another config. Without 0, Table 4 is
     # left out with a line saying so. None: every seed with a metrics file.
@@ -755,10 +757,17 @@ def run(cfg: ReportConfig) -> Path:
             + "\n\n".join(sections) + "\n")
     md = write_text(out / f"{cfg.prefix}.md", f"# Results: {cfg.prefix} runs\n\n{body.replace('{img}', '')}")
     write_json(out / f"{cfg.prefix}.json", data)
-    if cfg.update_readme:
+    if refreshes_readme(cfg):
         update_readme(Path("README.md"), body.replace("{img}", f"{out.as_posix()}/"), cfg.prefix)
     CONSOLE.print(f"[green]wrote[/green] {md}")
     return md
+
+
+def refreshes_readme(cfg: ReportConfig) -> bool:
+    """Whether this report rewrites README.md's block: as told, else only when it writes to ./results."""
+    if cfg.update_readme is not None:
+        return cfg.update_readme
+    return Path(cfg.out).resolve() == Path("results").resolve()
 
 
 def readme_markers(prefix: str) -> tuple[str, str]:
