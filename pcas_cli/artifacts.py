@@ -122,6 +122,15 @@ class ArtifactWriter:
                 pass
         self.tmp.unlink(missing_ok=True)
         self.file = h5py.File(self.tmp, "w")
+        try:
+            self._create(prov_json, meta_json)
+        except BaseException:
+            self.abort()  # nothing half-made is left behind, not even the .tmp
+            raise
+
+    def _create(self, prov_json: str, meta_json: str) -> None:
+        """Write the header attributes and create the empty, growable datasets of a new artifact."""
+        kind = self.kind
         self.file.attrs["kind"] = kind
         self.file.attrs["schema_version"] = SCHEMA_VERSION
         self.file.attrs["provenance"] = prov_json
@@ -256,7 +265,10 @@ class ArtifactReader:
         return state
 
     def read(self, name: str, i: int | slice) -> Any:
-        value = self.file[name][i]
+        try:
+            value = self.file[name][i]
+        except OSError as e:  # a damaged chunk (a disk error, a file cut short by a copy)
+            raise fail(self.path, f"cannot read {name!r} at {i}: {e}; the file is damaged, re-create it") from None
         if SCHEMAS[self.kind][name].dtype == "str":
             if isinstance(value, np.ndarray):
                 return [v.decode() if isinstance(v, bytes) else str(v) for v in value]
@@ -302,8 +314,13 @@ def read_predictions(path: Path | str) -> ArtifactReader:
 def describe(path: Path | str) -> dict[str, Any]:
     """Kind, size, dims, meta and provenance of any artifact (for `pcas info`)."""
     path = Path(path)
-    with h5py.File(path, "r") as f:
-        kind = str(f.attrs.get("kind"))
-    r = ArtifactReader(path, kind)
+    try:
+        with h5py.File(path, "r") as f:
+            kind = f.attrs.get("kind")
+    except OSError as e:
+        raise fail(path, f"not a readable HDF5 artifact ({e})") from None
+    if kind not in SCHEMAS:
+        raise fail(path, f"not a pcas artifact (kind {kind!r}; expected one of {sorted(SCHEMAS)})")
+    r = ArtifactReader(path, str(kind))
     return {"path": str(path), "kind": kind, "clips": r.n, "artifact_id": r.artifact_id, "dims": r.dims,
             "meta": r.meta, "provenance": r.provenance}

@@ -469,9 +469,9 @@ def main() -> None:
             _record_timing(started)
         raise
     except PcasError as e:
-        from pcas_cli.console import CONSOLE
+        from pcas_cli.console import ERRORS
 
-        CONSOLE.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
+        ERRORS.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -8,7 +8,6 @@ the stage TOML > the dataclass defaults. Unknown keys are rejected with an error
 from __future__ import annotations
 
 import dataclasses
-import json
 import tomllib
 import types
 import typing
@@ -19,7 +18,14 @@ from pcas_cli.errors import PcasError, fail
 
 T = TypeVar("T")
 
-STAGES_DIR = Path("stages")
+CHECKOUT_STAGES_DIR = Path(__file__).resolve().parent.parent / "stages"
+
+
+def stages_dir() -> Path:
+    """`stages/` of the working directory, else the pcas checkout's own: run from elsewhere, a stage still gets its
+    project defaults (e.g. the upper bound's 40 epochs) rather than silently falling back to the code defaults."""
+    here = Path("stages")
+    return here if here.is_dir() or not CHECKOUT_STAGES_DIR.is_dir() else CHECKOUT_STAGES_DIR
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -77,6 +83,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise PcasError(f"{where}: expected a string, got {value!r}")
         return value
     if tp is Path:
+        if not isinstance(value, (str, Path)):
+            raise PcasError(f"{where}: expected a path (a string), got {value!r}")
         return Path(value)
     return value
 
@@ -86,12 +94,17 @@ def _build(cls: type[T], values: Mapping[str, Any], where: str) -> T:
     unknown = sorted(set(values) - set(types_))
     if unknown:
         raise PcasError(f"{where}: unknown key(s) {unknown}; known: {sorted(types_)}")
-    kwargs = {k: _coerce(v, types_[k], f"{where}.{k}") for k, v in values.items()}
+    # "stages/x.toml: fbank.num_mel_bins": the source, then the dotted key within it
+    kwargs = {k: _coerce(v, types_[k], f"{where}.{k}" if ": " in where else f"{where}: {k}")
+              for k, v in values.items()}
     required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
                 and f.default_factory is dataclasses.MISSING and f.name not in kwargs]
     if required:
         raise PcasError(f"{where}: missing required setting(s) {required}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except PcasError as e:  # a value the config's own checks refuse (__post_init__)
+        raise PcasError(f"{where}: {e}") from None
 
 
 def _merge(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
@@ -145,20 +158,23 @@ def load_config(
     """
     values: dict[str, Any] = {}
     where = "defaults"
-    if config_path is None and (STAGES_DIR / f"{stage}.toml").exists():
-        config_path = STAGES_DIR / f"{stage}.toml"
+    stages = stages_dir()
+    if config_path is None and (stages / f"{stage}.toml").exists():
+        config_path = stages / f"{stage}.toml"
     if config_path is not None:
         values = _read_toml(Path(config_path))
         where = str(config_path)
     if preset:
-        preset_path = Path(preset) if preset.endswith(".toml") else STAGES_DIR / "presets" / f"{preset}.toml"
+        preset_path = Path(preset) if preset.endswith(".toml") else stages / "presets" / f"{preset}.toml"
         if not preset_path.exists():
-            available = sorted(p.stem for p in (STAGES_DIR / "presets").glob("*.toml"))
+            available = sorted(p.stem for p in (stages / "presets").glob("*.toml"))
             raise fail(preset_path, f"preset not found (available: {available})")
         values = _merge(values, _read_toml(preset_path).get(stage, {}))
         where = f"{where} + {preset_path}"
-    values = _merge(values, _dotted_to_nested(overrides or {}))
-    return _build(cls, values, where)
+    given = _dotted_to_nested(overrides or {})
+    if given:
+        where = f"{where} + command line"
+    return _build(cls, _merge(values, given), where)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -174,6 +190,3 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
     return conv(dataclasses.asdict(cfg))
 
-
-def to_json(cfg: Any) -> str:
-    return json.dumps(to_dict(cfg), sort_keys=True)

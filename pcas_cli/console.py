@@ -9,6 +9,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 # Only rank 0 of a distributed run talks; the other ranks would repeat every line.
 CONSOLE = Console(width=120, stderr=False, quiet=int(os.environ.get("RANK", "0")) != 0)
+# Errors go to stderr, so `pcas ... > log` still shows them and a pipe reading stdout never parses one.
+ERRORS = Console(width=120, stderr=True, quiet=int(os.environ.get("RANK", "0")) != 0)
 
 
 def progress(transient: bool = False) -> Progress:

@@ -23,7 +23,11 @@ def _describe(path: Path) -> dict:
         return {"path": str(path), "kind": "checkpoint", "artifact_id": ckpt.get("artifact_id", ""),
                 "provenance": ckpt.get("provenance", {})}
     if path.suffix == ".json":
-        return {"path": str(path), "kind": "metrics", "artifact_id": "", "provenance": json.loads(path.read_text())}
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise fail(path, f"not a JSON metrics file ({e})") from None
+        return {"path": str(path), "kind": "metrics", "artifact_id": "", "provenance": record}
     raise fail(path, "not an artifact (.h5, .pt or .json)")
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import os
 import platform
 import subprocess
@@ -46,7 +45,8 @@ def library_versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {"python": platform.python_version()}
-    for name in ("torch", "timm", "torchaudio", "numpy", "h5py"):
+    # pillow decodes and resizes frames, soundfile reads audio, pydensecrf2 is the dense CRF: each shapes results
+    for name in ("torch", "timm", "torchaudio", "numpy", "h5py", "pillow", "soundfile", "pydensecrf2"):
         try:
             out[name] = md.version(name)
         except md.PackageNotFoundError:
@@ -98,5 +98,19 @@ def check_inputs(artifact: Path | str, recorded: Mapping[str, str], current: Map
             )
 
 
-def hash_json(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+def check_input_file(artifact: Path | str, recorded: Mapping[str, str], path: Path | str, fingerprint: str,
+                     required: bool = False) -> None:
+    """Refuse `artifact` when it was made from another version of the file at `path` (fingerprint `fingerprint`).
+
+    Stages record file inputs by the path they were given (`features/val.h5`, `data/runs/x/features/val.h5`, an
+    absolute path), so a recorded name is matched on its last two parts, folder and file (`features/val.h5`): a run
+    folder copied or moved elsewhere still checks against its own inputs. With `required`, an artifact that records
+    no such input is refused too (it cannot be shown to come from this file).
+    """
+    tail = Path(path).resolve().parts[-2:]
+    names = [k for k in recorded if Path(k).parts[-2:] == tail]
+    if not names and required:
+        raise PcasError(f"{artifact}: records no {Path(*tail)} among its inputs, so it cannot be shown to be made "
+                        f"from {path}; rerun the stage that makes {artifact}")
+    check_inputs(artifact, recorded, {k: fingerprint for k in names})
+

@@ -96,3 +96,50 @@ def test_chunked_per_clip(tmp_path):
     with h5py.File(p) as f:
         assert f["frames"].chunks == (1, 2, 4, 4, 3)
         assert f["frames"].compression == "lzf"
+
+
+def test_a_writer_that_cannot_start_leaves_no_tmp(tmp_path):
+    out = tmp_path / "z.h5"
+    with pytest.raises(ValueError):
+        ArtifactWriter(out, "features", {**DIMS, "H": 0}, META, {})  # h5py refuses a zero-sized chunk
+    assert not out.exists() and not tmp_path_for(out).exists()
+
+
+def test_damaged_or_foreign_files_are_one_line_errors(tmp_path):
+    from pcas_cli.artifacts import describe
+
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5")
+    with pytest.raises(PcasError, match=r"junk\.h5: not a readable HDF5 artifact"):
+        describe(tmp_path / "junk.h5")
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["x"] = 1
+    with pytest.raises(PcasError, match=r"other\.h5: not a pcas artifact \(kind None"):
+        describe(tmp_path / "other.h5")
+    # a damaged chunk (bytes overwritten on disk): reading that clip names the file, the field and the clip
+    p = tmp_path / "f.h5"
+    with ArtifactWriter(p, "features", DIMS, META, {}) as w:
+        for i in range(2):
+            w.append(**{**_clip(i), "frames": np.full((2, 4, 4, 3), i, np.uint8)})  # compressible: stored as LZF
+    with h5py.File(p) as f:
+        info = f["frames"].id.get_chunk_info(1)
+        assert info.filter_mask == 0  # the chunk went through the LZF filter
+    with open(p, "r+b") as fh:
+        fh.seek(info.byte_offset)
+        fh.write(b"\xff" * info.size)
+    r = read_features(p)
+    assert not r.read("frames", 0).any()
+    with pytest.raises(PcasError, match=r"f\.h5: cannot read 'frames' at 1: .*the file is damaged, re-create it"):
+        r.read("frames", 1)
+
+
+def test_an_input_file_is_matched_by_folder_and_name_wherever_the_run_lies(tmp_path):
+    from pcas_cli.provenance import check_input_file
+
+    path = tmp_path / "copied-run/features/val.h5"
+    for key in ("features/val.h5", "data/runs/x/features/val.h5", "/elsewhere/run/features/val.h5"):
+        check_input_file("p.h5", {key: "aaa", "ckpt/refine.pt": "zzz"}, path, "aaa")  # current: fine
+        with pytest.raises(PcasError, match=rf"p\.h5: stale input: it was made from {key} aaa"):
+            check_input_file("p.h5", {key: "aaa"}, path, "bbb")
+    check_input_file("p.h5", {"features/test.h5": "aaa"}, path, "bbb")  # another file: not this check's business
+    with pytest.raises(PcasError, match=r"p\.h5: records no features/val\.h5 among its inputs"):
+        check_input_file("p.h5", {"features/test.h5": "aaa"}, path, "bbb", required=True)

@@ -58,6 +58,41 @@ def test_type_errors_are_user_errors(tmp_path):
         load_config(Outer, "outer", cfg_file)
 
 
+@dataclass(frozen=True)
+class Checked:
+    size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise PcasError(f"size must be at least 1, got {self.size}")
+
+
+def test_errors_name_the_source_and_the_dotted_key(tmp_path):
+    cfg_file = tmp_path / "outer.toml"
+    cfg_file.write_text('[inner]\nlr = "fast"\n')
+    with pytest.raises(PcasError, match=r"^.*outer\.toml: inner\.lr: expected a number, got 'fast'$"):
+        load_config(Outer, "outer", cfg_file)
+    cfg_file.write_text("steps = 2\n")
+    with pytest.raises(PcasError, match=r"outer\.toml \+ command line: unknown key\(s\) \['stepz'\]"):
+        load_config(Outer, "outer", cfg_file, overrides={"stepz": 1})
+    with pytest.raises(PcasError, match=r"command line: path: expected a path \(a string\), got 3$"):
+        load_config(Outer, "outer", cfg_file, overrides={"path": 3})
+    # a value the config's own checks refuse is named with where it came from
+    with pytest.raises(PcasError, match=r"^defaults \+ command line: size must be at least 1, got 0$"):
+        load_config(Checked, "checked", overrides={"size": 0})
+
+
+def test_stage_defaults_come_from_the_checkout_when_run_elsewhere(tmp_path, monkeypatch):
+    """Outside the project folder a stage still reads the project's stages/<stage>.toml, not the code defaults."""
+    from pcas_cli.stages.train_supervised import TrainSupervisedConfig
+
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    here = load_config(TrainSupervisedConfig, "train-supervised")
+    assert here != TrainSupervisedConfig()  # the shipped TOML differs from the code defaults (epochs)
+    monkeypatch.chdir(tmp_path)
+    assert load_config(TrainSupervisedConfig, "train-supervised") == here
+
+
 def test_every_stage_toml_loads():
     """The shipped stages/*.toml files are valid for their stage configs (and so are the presets' sections)."""
     import importlib

@@ -208,6 +208,28 @@ def test_avss_errors_name_the_file(tmp_path):
         open_dataset("avss", root)
 
 
+def test_missing_val_or_test_masks_are_errors_not_unscored_frames(tmp_path):
+    """Every val / test frame is scored: a missing mask names its file (a train frame may lack one)."""
+    root = _avss_tree(tmp_path / "avss")  # V2 is a val clip with both mask files for each of its 10 frames
+    (root / "v2" / V2 / "labels_semantic/1.png").unlink()
+    assert open_dataset("avss", root).load(V2).mask_valid.all()  # the colour mask stands in
+    (root / "v2" / V2 / "labels_rgb/1.png").unlink()
+    with pytest.raises(PcasError, match=r"labels_semantic/1\.png: mask not found .*every val frame"):
+        open_dataset("avss", root).load(V2)
+    s4 = _s4_tree(tmp_path / "s4")
+    (s4 / "s4_data/gt_masks/val/helicopter/vidval00001/vidval00001_3.png").unlink()
+    with pytest.raises(PcasError, match=r"vidval00001_3\.png: mask not found; every val frame"):
+        open_dataset("s4", s4).load("vidval00001")
+    assert open_dataset("s4", s4).load("vidtrain001").mask_valid.tolist() == [True] + [False] * 4
+
+
+def test_a_csv_that_is_not_utf8_is_one_clear_error(tmp_path):
+    root = _s4_tree(tmp_path / "s4")
+    (root / "s4_meta_data.csv").write_bytes(b"name,start,category,split\nvid\xff,0,dog_barking,train\n")
+    with pytest.raises(PcasError, match=r"s4_meta_data\.csv: not UTF-8 text \(byte 0xff"):
+        open_dataset("s4", root)
+
+
 def test_open_dataset_errors(tmp_path):
     with pytest.raises(PcasError, match="unknown dataset layout 'vggsound'"):
         open_dataset("vggsound", tmp_path)

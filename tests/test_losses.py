@@ -383,6 +383,12 @@ def test_crop_labels_from_patch_labels() -> None:
     assert crop_labels_from_patch_labels(ignored, whole, ignored_score=0.0).tolist() == [[False]]
     assert crop_labels_from_patch_labels(mixed, boxes[:, :3], ignored_score=0.0).tolist() == [[True, True, False]]
     assert crop_labels_from_patch_labels(mixed, boxes[:, :3]).tolist() == [[True, True, True]]
+    # boxes are (x0, y0, x1, y1), x along a row: on a 2 x 4 grid (h x w) sounding at the top right, the right
+    # quarter of the top half is that cell; the same numbers read as (y0, x0, y1, x1) would miss it
+    top_right = torch.tensor([[[0, 0, 0, 1], [0, 0, 0, 0]]])
+    boxes = torch.tensor([[[0.75, 0.0, 1.0, 0.5],  # the top-right cell
+                           [0.0, 0.75, 0.5, 1.0]]])  # the same numbers transposed: bottom-left, nothing sounds
+    assert crop_labels_from_patch_labels(top_right, boxes).tolist() == [[True, False]]
 
 
 # ---------------------------------------------------------------- segmentation

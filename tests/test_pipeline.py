@@ -217,6 +217,13 @@ def test_stale_inputs_are_refused(run_dir: Path, tmp_path: Path) -> None:
     _rewrite_features(run2 / "features/train.h5", shift)  # train features changed after visual.pt was made
     with pytest.raises(PcasError, match="stale input"):
         pcas("train-tvp", "--run", str(run2), "--epochs", "1", "--device", "cpu")
+    # test features changed after the pseudo-labels and their CRF were made (the run folder has moved, too): both
+    # the CRF and scoring refuse, whichever path the inputs were recorded under
+    _rewrite_features(run2 / "features/test.h5", shift)
+    for stage, predictions in (("crf", "pseudo/test.h5"), ("eval", "crf/test.h5")):
+        with pytest.raises(PcasError, match=rf"{predictions}: stale input: it was made from \S*features/test\.h5"):
+            pcas(stage, "--features", str(run2 / "features/test.h5"), "--predictions", str(run2 / predictions),
+                 "--out", str(tmp_path / f"{stage}.out"))
 
 
 def test_audio_only_listener_does_not_depend_on_the_looking_encoder(run_dir: Path, tmp_path: Path) -> None:

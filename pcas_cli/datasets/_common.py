@@ -39,7 +39,7 @@ def _open_image(path: Path, what: str) -> Image.Image:
 
 
 def read_rgb(path: Path, what: str = "frame") -> np.ndarray:
-    """Read an image as (H, W, 3) uint8 RGB."""
+    """Read an image as (H, W, 3) uint8 RGB (a P-mode file, e.g. a palette-coloured mask, through its palette)."""
     return np.asarray(_open_image(path, what).convert("RGB"), dtype=np.uint8)
 
 
@@ -60,11 +60,6 @@ def read_index_png(path: Path, what: str = "class-index mask") -> np.ndarray:
             raise fail(path, f"{what} is a colour image; expected a single-channel class-index PNG")
         return np.ascontiguousarray(a[..., 0])
     raise fail(path, f"{what} has unsupported PNG mode {im.mode!r}")
-
-
-def read_rgb_png(path: Path, what: str = "colour mask") -> np.ndarray:
-    """Read a palette-coloured mask as (H, W, 3) uint8 RGB (P-mode files are expanded through their palette)."""
-    return np.asarray(_open_image(path, what).convert("RGB"), dtype=np.uint8)
 
 
 def read_binary_png(path: Path, what: str = "mask") -> np.ndarray:
@@ -107,8 +102,14 @@ def stack_frames(frames: Sequence[np.ndarray], paths: Sequence[Path]) -> np.ndar
 def read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
     """Read a CSV file: (header, data rows), cells stripped, blank lines skipped, a UTF-8 BOM tolerated."""
     require_file(path, "metadata CSV")
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        rows = [[c.strip() for c in r] for r in csv.reader(fh) if any(c.strip() for c in r)]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = [[c.strip() for c in r] for r in csv.reader(fh) if any(c.strip() for c in r)]
+    except UnicodeDecodeError as e:
+        raise fail(path, f"not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); save it as UTF-8") \
+            from None
+    except csv.Error as e:
+        raise fail(path, f"malformed CSV: {e}") from None
     if not rows:
         raise fail(path, "empty CSV (no header row)")
     return rows[0], rows[1:]

@@ -12,7 +12,8 @@ Layout (docs/reference/avsbench-facts.md, section 1):
         labels_rgb/{i}.png            VOC-palette mask, decoded by exact colour equality (unknown colour -> 0)
         visible_semantic/{i}.png      pcas extension (generated data only): every visible object, class index
 
-A frame has a mask when one of its mask files exists (v1s train clips have only `0.png`). Masks whose size differs
+A train frame has a mask when one of its mask files exists (v1s train clips have only `0.png`); a val / test frame
+without one is an error (it would be scored). Masks whose size differs
 from their frame are resized to the frame with nearest neighbour. Video-level labels come from `a_obj`; its known
 quirks are handled: `off-the-screen` and `background` are not classes and are skipped, and a name with stray spaces
 (`h orse`) is accepted when removing the spaces gives a known class.
@@ -161,7 +162,7 @@ class AVSSAdapter:
                 raise fail(sem, f"class index {int(m.max())} exceeds the {len(self.info.classes)} classes of "
                                 f"{self.label2idx_path.name}")
         elif rgb.is_file():
-            m = rgb_to_index(io.read_rgb_png(rgb, "colour mask"), len(self.info.classes) + 1)
+            m = rgb_to_index(io.read_rgb(rgb, "colour mask"), len(self.info.classes) + 1)
         else:
             return None
         return io.fit_mask(m, hw)
@@ -179,6 +180,9 @@ class AVSSAdapter:
             m = self._mask(d, i, hw)
             if m is not None:
                 masks[i], valid[i] = m, True
+            elif row.split != "train":  # every val / test frame is scored
+                raise fail(d / "labels_semantic" / f"{i}.png", f"mask not found (nor labels_rgb/{i}.png); every "
+                                                               f"{row.split} frame needs one (its frames are scored)")
         wave, sr = io.read_wav(d / "audio.wav")
         return Sample(
             clip_id=clip_id, split=row.split, subset=row.label, frames=frames, waveform=wave, sample_rate=sr,

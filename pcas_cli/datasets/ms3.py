@@ -112,7 +112,7 @@ class MS3Adapter:
         paths = [frame_dir / f"{r.name}.mp4_{k}.png" for k in range(1, MS3_FRAMES + 1)]
         frames = io.stack_frames([io.read_rgb(p) for p in paths], paths)  # (T, H, W, 3)
         masks, valid = read_binary_masks([mask_dir / f"{r.name}_{k}.png" for k in range(1, MS3_FRAMES + 1)],
-                                         frames.shape[1:3])
+                                         frames.shape[1:3], r.split)
         wave, sr = io.read_wav(wav)
         return Sample(clip_id=r.name, split=r.split, subset="ms3", frames=frames, waveform=wave, sample_rate=sr,
                       labels=io.multi_hot(r.names, self.info.classes), masks=masks, mask_valid=valid)

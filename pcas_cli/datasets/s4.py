@@ -8,8 +8,8 @@ Layout (docs/reference/avsbench-facts.md, section 1), under `avsbench_data/Singl
     s4_data/gt_masks/{split}/{category}/{name}/{name}_{k}.png     train: k = 1 only; val/test: k = 1..5
 
 Masks are 0/255 PNGs and become {0, 1} (grey >= 128 is foreground); a mask whose size differs from its frame is
-resized to the frame with nearest neighbour. A frame has a mask when its mask file exists, so S4 train clips come out
-with mask_valid = [T, F, F, F, F].
+resized to the frame with nearest neighbour. A train frame has a mask when its mask file exists, so S4 train clips
+come out with mask_valid = [T, F, F, F, F]; a val / test frame without its mask file is an error (it would be scored).
 
 Classes: the 23 official categories in their official order. If the CSV names a category outside that list (e.g. a
 generated data set in this layout), the class list is instead the sorted unique categories of the whole CSV (all
@@ -102,7 +102,7 @@ class S4Adapter:
         paths = [frame_dir / f"{r.name}_{k}.png" for k in range(1, S4_FRAMES + 1)]
         frames = io.stack_frames([io.read_rgb(p) for p in paths], paths)  # (T, H, W, 3)
         masks, valid = read_binary_masks([mask_dir / f"{r.name}_{k}.png" for k in range(1, S4_FRAMES + 1)],
-                                         frames.shape[1:3])
+                                         frames.shape[1:3], r.split)
         wave, sr = io.read_wav(wav)
         return Sample(clip_id=r.name, split=r.split, subset="s4", frames=frames, waveform=wave, sample_rate=sr,
                       labels=io.multi_hot([r.category], self.info.classes), masks=masks, mask_valid=valid)
@@ -116,11 +116,17 @@ class S4Adapter:
         return io.iter_samples(self, split)
 
 
-def read_binary_masks(paths: list[Path], hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Read whichever of the per-frame 0/255 masks exist: ((T, H, W) uint8 {0,1}, (T,) bool mask_valid)."""
+def read_binary_masks(paths: list[Path], hw: tuple[int, int], split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read the per-frame 0/255 masks: ((T, H, W) uint8 {0,1}, (T,) bool mask_valid).
+
+    Train frames may lack masks (S4 train has only the first; weak supervision needs none). Every val / test frame
+    is scored, so a missing one is an error rather than a frame silently left out of the metric.
+    """
     masks = np.zeros((len(paths), *hw), np.uint8)
     valid = np.zeros(len(paths), bool)
     for t, p in enumerate(paths):
         if p.is_file():
             masks[t], valid[t] = io.fit_mask(io.read_binary_png(p), hw), True
+        elif split != "train":
+            raise fail(p, f"mask not found; every {split} frame needs one (its frames are scored)")
     return masks, valid

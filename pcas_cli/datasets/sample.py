@@ -15,7 +15,6 @@ from typing import Iterator, Literal, Protocol
 import numpy as np
 
 Task = Literal["binary", "semantic"]
-Split = Literal["train", "val", "test"]
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from pcas_cli.console import CONSOLE, progress
 from pcas_cli.crf import CRFParams, crf_many, get_preset, resolve_workers
 from pcas_cli.errors import fail
 from pcas_cli.metrics import BinaryMIoU, SemanticScores
-from pcas_cli.provenance import check_inputs, make_provenance
+from pcas_cli.provenance import check_input_file, make_provenance
 from pcas_cli.seed import seed_everything
 from pcas_cli.stages.evaluate import check_compatible
 
@@ -178,7 +178,7 @@ def refined_clips(feats: ArtifactReader, preds: ArtifactReader, rows: dict[str, 
 def _open_pair(features: Path, predictions: Path) -> tuple[ArtifactReader, ArtifactReader, dict[str, int]]:
     feats, preds = read_features(features), read_predictions(predictions)
     rows = check_pair(feats, preds)
-    check_inputs(predictions, preds.provenance.get("inputs", {}), {str(features): feats.artifact_id})
+    check_input_file(predictions, preds.provenance.get("inputs", {}), features, feats.artifact_id)
     return feats, preds, rows
 
 

@@ -6,8 +6,11 @@ Official AVSBench protocols (pcas_cli.metrics; docs/reference/avsbench-facts.md 
   F takes the max per test batch of `f_batch_frames` frames (20 = 4 videos x 5 frames); the batch-independent F is
   reported next to it. A semantic features artifact is scored as binary with ground truth = any non-background class.
 - semantic task (AVSS): per-class IoU/F from the hard `masks`, averaged over all classes, background included.
-  By default only frames with a ground-truth mask are scored. `avss_padded_frames = true` reproduces the official
-  test, which also scores the zero-image padding frames (frame_valid False, all-background ground truth) of 5 s clips.
+  By default only frames with a ground-truth mask are scored. `avss_padded_frames = true` follows the official
+  test in also scoring the zero-image padding frames (frame_valid False, all-background ground truth) of 5 s clips,
+  but only approximately: pcas predicts all background there by construction (pseudo-label excludes every class on
+  padding, the CRF copies it), where the official model runs on the black frames and may predict objects, so the
+  background term comes out optimistic.
 
 Clips are streamed one at a time, so memory does not grow with the split. The JSON is written atomically.
 """
@@ -29,7 +32,7 @@ from pcas_cli.console import CONSOLE, progress
 from pcas_cli.errors import PcasError, fail
 from pcas_cli.metrics import (F_BATCH_FRAMES, F_BETA2, F_NUM_THRESHOLDS, BinaryFScore, BinaryMIoU, SemanticScores,
                               BOOTSTRAP_RESAMPLES, bootstrap_miou, percentile_interval)
-from pcas_cli.provenance import check_inputs, make_provenance
+from pcas_cli.provenance import check_input_file, make_provenance
 
 
 @dataclass(frozen=True)
@@ -94,13 +97,8 @@ def _check_classes(features: ArtifactReader, predictions: ArtifactReader, task: 
 
 def _check_fresh(features: ArtifactReader, predictions: ArtifactReader) -> None:
     """Where the predictions record this features file as an input, its fingerprint must still match."""
-    recorded = predictions.provenance.get("inputs", {}) or {}
-    parts = features.path.resolve().parts
-    for key in recorded:
-        key_parts = Path(key).parts
-        # Stages record inputs by (relative) path; a recorded key that ends the given path names this file.
-        if key_parts and tuple(parts[-len(key_parts):]) == key_parts:
-            check_inputs(predictions.path, recorded, {key: features.artifact_id})
+    check_input_file(predictions.path, predictions.provenance.get("inputs", {}) or {}, features.path,
+                     features.artifact_id)
 
 
 def check_compatible(features: ArtifactReader, predictions: ArtifactReader) -> str:

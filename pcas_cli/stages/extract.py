@@ -18,6 +18,7 @@ from pcas_cli.audio import FbankParams, fbank_per_second
 from pcas_cli.config import to_dict
 from pcas_cli.console import CONSOLE, progress
 from pcas_cli.datasets import open_dataset
+from pcas_cli.datasets._common import fit_mask
 from pcas_cli.datasets.sample import DatasetInfo, Sample
 from pcas_cli.errors import PcasError
 from pcas_cli.provenance import make_provenance
@@ -35,6 +36,12 @@ class ExtractConfig:
     limit: int = 0  # extract at most this many clips per split (0 = all); for quick trials
     fbank: FbankParams = field(default_factory=FbankParams)  # AST fbank parameters
 
+    def __post_init__(self) -> None:
+        if self.image_size < 1:
+            raise PcasError(f"image_size must be at least 1 pixel, got {self.image_size}")
+        if self.limit < 0:
+            raise PcasError(f"limit must be 0 (every clip) or a positive number of clips, got {self.limit}")
+
 
 def _adapter_options(cfg: ExtractConfig) -> dict:
     opts: dict = {}
@@ -51,8 +58,7 @@ def _resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
 
 
 def _resize_masks(masks: np.ndarray, size: int) -> np.ndarray:
-    # Nearest neighbour keeps class indices exact.
-    return np.stack([np.asarray(Image.fromarray(m).resize((size, size), Image.NEAREST)) for m in masks])
+    return np.stack([fit_mask(m, (size, size)) for m in masks])  # nearest neighbour: class ids stay exact
 
 
 def clip_record(sample: Sample, info: DatasetInfo, cfg: ExtractConfig) -> dict[str, np.ndarray | str]:

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from pcas_cli.artifacts import ArtifactReader, read_predictions
 from pcas_cli.errors import fail
-from pcas_cli.stages._common import feature_key, open_features
+from pcas_cli.provenance import check_input_file
+from pcas_cli.stages._common import open_features
 from pcas_cli.stages.train_supervised import TrainSupervisedConfig, fit_and_predict
 
 
@@ -45,10 +46,7 @@ def check_labels(cfg: TrainSegConfig) -> ArtifactReader:
     labels = read_predictions(path)
     if labels.meta.get("split") not in ("train", ""):
         raise fail(path, f"holds the {labels.meta.get('split')!r} split; train-seg learns from train pseudo-labels")
-    # Both pseudo-label and crf record the fingerprint of the features they read (under different names).
-    if train.artifact_id not in labels.provenance.get("inputs", {}).values():
-        raise fail(path, f"stale input: it was not made from the current {feature_key('train')} "
-                         f"({train.artifact_id[:12]}); rerun pseudo-label and crf on the train split")
+    check_input_file(path, labels.provenance.get("inputs", {}), train.path, train.artifact_id, required=True)
     return labels
 
 
