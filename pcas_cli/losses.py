@@ -7,12 +7,32 @@ batch, no positives, everything ignored): it then returns an exact zero that is 
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from typing import Callable, TypeVar
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+_F = TypeVar("_F", bound=Callable[..., Tensor])
+
 IGNORE = 255  # label of ignored tokens / pixels
 _NEG = -1e9  # finite "minus infinity" for masked logits: exp() underflows to 0 and logsumexp never sees all -inf
+
+
+def in_float32(fn: _F) -> _F:
+    """Run a loss in float32 even inside an autocast region (AMP): the contrasts' float16 matmuls cannot hold the
+    -1e9 mask and overflow their sums over the batch's pairs, so their inputs are cast up and autocast is paused."""
+    @functools.wraps(fn)
+    def wrapper(*args: object, **kwargs: object) -> Tensor:
+        with contextlib.ExitStack() as stack:
+            for device in ("cuda", "cpu"):
+                if torch.is_autocast_enabled(device):
+                    stack.enter_context(torch.autocast(device, enabled=False))
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _zero(*tensors: Tensor) -> Tensor:
@@ -108,6 +128,7 @@ def label_consistency(labels_a: Tensor, labels_b: Tensor) -> Tensor:
     return ((labels_a.float() @ labels_b.float().T) > 0).float()
 
 
+@in_float32
 def cmc_loss(audio: Tensor, video: Tensor, cls: Tensor, audio_labels: Tensor, video_labels: Tensor,
              cls_labels: Tensor, temperature: float = 0.1, cross_modal_only: bool = False,
              video_patches: Tensor | None = None, patch_k: int = 1) -> Tensor:
@@ -169,6 +190,7 @@ def cmc_loss(audio: Tensor, video: Tensor, cls: Tensor, audio_labels: Tensor, vi
     return row_loss[has_pos].mean()
 
 
+@in_float32
 def patch_audio_similarity(patch_tokens: Tensor, audio_token: Tensor, normalize: bool = False) -> Tensor:
     """cos(patch_n, audio) of each frame's patches and its second's audio token: (B, N, D), (B, D) -> (B, N).
 
@@ -212,6 +234,7 @@ def patch_labels_from_audio(patch_tokens: Tensor, audio_token: Tensor, high: flo
     return labels
 
 
+@in_float32
 def cmpc_loss(patch_tokens: Tensor, patch_labels: Tensor) -> Tensor:
     """Cross-Modal Patch token Contrast (paper eq. 2) in ToCo's PTC form (method-facts §2, §4).
 
@@ -246,6 +269,7 @@ def cmpc_loss(patch_tokens: Tensor, patch_labels: Tensor) -> Tensor:
     return 0.5 * pos_term + 0.5 * neg_term
 
 
+@in_float32
 def cmcc_loss(global_cls: Tensor, crop_cls: Tensor, crop_positive: Tensor, temperature: float = 0.5,
               eps: float = 1e-4) -> Tensor:
     """Cross-Modal Class token Contrast (paper §3.2.2, eq. 3): InfoNCE between crop and global class tokens.
@@ -259,7 +283,8 @@ def cmcc_loss(global_cls: Tensor, crop_cls: Tensor, crop_positive: Tensor, tempe
     positives add nothing; 0 if no image has one). Cosine (not ToCo's raw dot product) keeps tau meaningful.
 
     Args:
-        global_cls: (B, D) global class token (usually the teacher's, detached by the caller).
+        global_cls: (B, D) global class token, detached by the caller (pcas passes the student's own: no EMA
+            teacher as in ToCo's CTC).
         crop_cls: (B, K, D) local crop class tokens.
         crop_positive: (B, K) bool.
         temperature: tau.

@@ -84,8 +84,15 @@ def make_provenance(stage: str, config: Mapping[str, Any], seed: int | None,
         "seed": seed,
         "code_version": code_version(),
         "libraries": library_versions(),
+        "threads": _torch_threads(),  # CPU reductions can depend on it, so it belongs to "same seed, same numbers"
         "inputs": dict(inputs),
     }
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def check_inputs(artifact: Path | str, recorded: Mapping[str, str], current: Mapping[str, str]) -> None:
@@ -96,6 +103,23 @@ def check_inputs(artifact: Path | str, recorded: Mapping[str, str], current: Map
                 f"{artifact}: stale input: it was made from {name} {recorded[name][:12]}, but that file is now "
                 f"{fp[:12]}; rerun the stage that makes {artifact} (make does this for you)"
             )
+
+
+def check_made_alike(artifact: Path | str, reference: Path | str, made: Mapping[str, Any],
+                     reference_made: Mapping[str, Any], ignore: tuple[str, ...] = ("split", "device", "run")) -> None:
+    """Refuse `artifact` built on choices taken from `reference` (thresholds, a CRF kernel chosen on val) unless both
+    were made alike: the same stage and settings except `ignore`, and the same version of every input they share
+    other than their own split's features (e.g. the same checkpoint)."""
+    config, ref_config = made.get("config", {}), reference_made.get("config", {})
+    differ = sorted(k for k in set(config) | set(ref_config) if k not in ignore and config.get(k) != ref_config.get(k))
+    inputs, ref_inputs = made.get("inputs", {}), reference_made.get("inputs", {})
+    differ += sorted(k for k in set(inputs) & set(ref_inputs)
+                     if Path(k).parent.name != "features" and inputs[k] != ref_inputs[k])
+    if made.get("stage") != reference_made.get("stage"):
+        differ.insert(0, "stage")
+    if differ:
+        raise PcasError(f"{artifact}: made otherwise than {reference}, whose choices it uses (differing: "
+                        f"{', '.join(differ)}); remake both with the same settings (make does this for you)")
 
 
 def check_input_file(artifact: Path | str, recorded: Mapping[str, str], path: Path | str, fingerprint: str,

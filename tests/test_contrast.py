@@ -9,7 +9,7 @@ import torch
 from pcas_cli.artifacts import ArtifactWriter, read_features
 from pcas_cli.stages._common import AudioCache
 from pcas_cli.errors import PcasError
-from pcas_cli.stages._contrast import choose_threshold, sounding_share
+from pcas_cli.stages._contrast import batch_generator, choose_threshold, random_boxes, sounding_share
 
 
 def test_sounding_share_counts_real_frames_with_a_heard_labelled_class(tmp_path):
@@ -132,3 +132,21 @@ def test_oracle_regions_follow_the_image_s_flip_and_need_visible_maps(tmp_path):
     write(tmp_path / "real.h5", False)
     with pytest.raises(PcasError, match="real.h5: has no visible-object maps"):
         FrameDataset(tmp_path / "real.h5", oracle_regions=True)
+
+
+def test_cmcc_crops_leave_the_global_random_stream_alone() -> None:
+    """Table 4's rows with and without CMCC must see the same augmented frames: the crops draw from a generator of
+    their own, the same for the same batch, different for another batch or seed."""
+    clip, frame = torch.tensor([3, 3, 7]), torch.tensor([0, 1, 4])
+
+    def boxes(seed: int = 0, c: torch.Tensor = clip) -> torch.Tensor:
+        return random_boxes(3, 4, 0.4, batch_generator(seed, c, frame))
+
+    torch.manual_seed(0)
+    first = boxes()
+    after_crops = torch.rand(5)
+    torch.manual_seed(0)
+    assert torch.equal(torch.rand(5), after_crops)  # the global stream did not move
+    assert torch.equal(boxes(), first)
+    assert not torch.equal(boxes(seed=1), first) and not torch.equal(boxes(c=torch.tensor([3, 3, 8])), first)
+    assert first.min() >= 0 and first.max() <= 1 and torch.allclose(first[..., 2:] - first[..., :2], torch.tensor(0.4))

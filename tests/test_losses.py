@@ -412,3 +412,26 @@ def test_segmentation_loss_resizes_and_degenerate() -> None:
     _assert_zero_and_backprop(segmentation_loss(x, torch.full((2, 4, 4), IGNORE)), x)
     e = _leaf(torch.zeros(0, 3, 4, 4))
     _assert_zero_and_backprop(segmentation_loss(e, torch.zeros(0, 4, 4, dtype=torch.long)), e)
+
+
+def test_contrast_losses_hold_under_float16_autocast() -> None:
+    """AMP runs the model in float16; the contrasts must still compute in float32 (a float16 matmul cannot hold the
+    -1e9 mask, and CMPC's sum over pairs overflows). CPU autocast stands in for CUDA's here."""
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randn(4, 6, 8, generator=g) * 30  # large activations, as float16 overflow needs
+    labels = torch.tensor([[1, 0, 1, 255, 0, 1]] * 4)
+    audio, video, cls = (torch.randn(n, 8, generator=g) for n in (3, 4, 4))
+    multi_hot = torch.tensor([[1, 0], [0, 1], [1, 1], [1, 0]])
+    positive = torch.tensor([[True, False, True], [False, True, False], [True, True, False], [False, False, True]])
+    crops = torch.randn(4, 3, 8, generator=g)
+
+    def losses() -> list[torch.Tensor]:
+        return [cmc_loss(audio, video, cls, multi_hot[:3], multi_hot, multi_hot),
+                cmpc_loss(tokens, labels), cmcc_loss(tokens[:, 0], crops, positive)]
+
+    expected = losses()
+    with torch.autocast("cpu", dtype=torch.float16):
+        got = losses()
+    for e, a in zip(expected, got):
+        assert a.dtype == torch.float32 and torch.isfinite(a)
+        torch.testing.assert_close(a, e)

@@ -226,6 +226,21 @@ def test_stale_inputs_are_refused(run_dir: Path, tmp_path: Path) -> None:
                  "--out", str(tmp_path / f"{stage}.out"))
 
 
+def test_choices_taken_from_val_need_val_made_alike(run_dir: Path, tmp_path: Path) -> None:
+    """Test predictions use val's thresholds, and the CRF val's kernel, only where val was made the same way."""
+    run2 = tmp_path / "run"
+    shutil.copytree(run_dir, run2)
+    with pytest.raises(PcasError, match=r"pseudo/test\.h5: made otherwise than \S*pseudo/val\.h5, whose choices it "
+                                        r"uses \(differing: weights\)"):
+        pcas("pseudo-label", "--run", str(run2), "--split", "test", "--weights", "align", "--device", "cpu", "--set",
+             "scales=[1.0]")
+    shutil.copy(run2 / "baselines/cam/val.h5", run2 / "pseudo/val.h5")  # val labelled by the CAM baseline instead
+    with pytest.raises(PcasError, match=r"pseudo/test\.h5: made otherwise than \S*pseudo/val\.h5, .*differing: "
+                                        r"listener, out, weights"):
+        pcas("crf", "--features", str(run2 / "features/test.h5"), "--predictions", str(run2 / "pseudo/test.h5"),
+             "--out", str(tmp_path / "crf.h5"), "--workers", "1")
+
+
 def test_audio_only_listener_does_not_depend_on_the_looking_encoder(run_dir: Path, tmp_path: Path) -> None:
     """ast.pt never reads visual.pt, so a retrained Looking encoder leaves it fresh; tvp.pt (prompted by it) is
     refused as stale."""

@@ -210,6 +210,10 @@ def test_resume_without_checkpoint_starts_fresh_and_finished_run_is_kept(tmp_pat
     art_id = load_checkpoint(res.best_path)["artifact_id"]
     again = fit(ToyTask(init_seed=5), _cfg(epochs=1), tmp_path, "toy", PROV, resume=True, device="cpu")
     assert load_checkpoint(again.best_path)["artifact_id"] == art_id and len(again.history) == 1
+    # its published weights deleted: the last epoch's are not the ones val chose, so --resume refuses to republish
+    (tmp_path / "toy.pt").unlink()
+    with pytest.raises(PcasError, match=r"toy\.last\.pt: a finished run whose published toy\.pt is gone"):
+        fit(ToyTask(), _cfg(epochs=1), tmp_path, "toy", PROV, resume=True, device="cpu")
 
 
 def _crash(tmp_path, cfg=None, epoch=2):
@@ -219,7 +223,8 @@ def _crash(tmp_path, cfg=None, epoch=2):
 
 def test_auto_resume_continues_only_what_reproduces_the_uninterrupted_run(tmp_path, monkeypatch, capsys):
     """resume="auto" (what make uses): continue an interrupted run bit for bit; train afresh, without refusing, when
-    the settings, the code, the libraries or the device type changed, or when a finished run's weights are gone."""
+    the settings, the code, the libraries, the device type or the CPU threads changed, or when a finished run's weights
+    are gone."""
     import pcas_cli.training.loop as loop
 
     straight = fit(ToyTask(noise=0.1), _cfg(), tmp_path / "a", "toy", PROV, device="cpu")
@@ -238,7 +243,7 @@ def test_auto_resume_continues_only_what_reproduces_the_uninterrupted_run(tmp_pa
     assert load_checkpoint(res.best_path)["artifact_id"] == load_checkpoint(fresh.best_path)["artifact_id"]
 
     # Other code, libraries or device type than the interrupted run's: afresh too.
-    for key, value in (("code", "0" * 64), ("libraries", {"torch": "0.0"}), ("device", "cuda")):
+    for key, value in (("code", "0" * 64), ("libraries", {"torch": "0.0"}), ("device", "cuda"), ("threads", 99)):
         _crash(tmp_path / key)
         real = loop._environment
         monkeypatch.setattr(loop, "_environment", lambda run, k=key, v=value: {**real(run), k: v})

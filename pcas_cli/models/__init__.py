@@ -10,7 +10,7 @@ from pcas_cli.models.audio import (
     load_audio_weights,
     patch_grid,
 )
-from pcas_cli.models.heads import ProjectionHead, ema_update
+from pcas_cli.models.heads import ProjectionHead
 from pcas_cli.models.seg import SegmentationModel
 from pcas_cli.models.visual import (
     VISUAL_PRESETS,
@@ -35,7 +35,6 @@ __all__ = [
     "VisualOutput",
     "build_audio_encoder",
     "build_visual_encoder",
-    "ema_update",
     "load_audio_weights",
     "load_backbone_weights",
     "patch_grid",

@@ -1,8 +1,7 @@
-"""Small heads: the projection into CMC's shared semantic space and the EMA teacher update used by CMCC."""
+"""Small heads: the projection into CMC's shared semantic space."""
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -35,15 +34,3 @@ class ProjectionHead(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(..., in_dim) -> (..., out_dim), unit L2 norm."""
         return F.normalize(self.mlp(x), dim=-1)
-
-
-@torch.no_grad()
-def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    """theta_t <- m * theta_t + (1 - m) * theta_s, in place (ToCo's CTC teacher head, m = 0.9; method-facts §3).
-
-    Buffers (e.g. BatchNorm statistics) are copied from the student.
-    """
-    for pt, ps in zip(teacher.parameters(), student.parameters(), strict=True):
-        pt.mul_(momentum).add_(ps.detach(), alpha=1.0 - momentum)
-    for bt, bs in zip(teacher.buffers(), student.buffers(), strict=True):
-        bt.copy_(bs)

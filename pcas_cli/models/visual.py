@@ -208,10 +208,11 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
             obj: Any = load_file(str(path))
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as e:
-        raise fail(path, "weights file not found") from e
-    except Exception as e:
-        raise fail(path, f"cannot read weights ({type(e).__name__}: {e})") from e
+    except FileNotFoundError:
+        raise fail(path, "weights file not found") from None
+    except Exception as e:  # noqa: BLE001 - anything torch / safetensors raise on a bad file
+        raise fail(path, f"cannot read weights ({_short(e)}); a file that pickles objects besides tensors (e.g. "
+                         "DeiT's training args) must first be re-saved as a plain state dict") from None
     for key in ("state_dict", "model", "module"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -221,8 +222,9 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
 
 
 def _strip_prefixes(sd: dict[str, Tensor], model_keys: set[str]) -> dict[str, Tensor]:
-    """Drop wrapper prefixes ("module." from DDP, "backbone." from a saved VisualEncoder) when that helps match."""
-    for prefix in ("module.", "backbone.", "model.", "encoder."):
+    """Drop wrapper prefixes ("module." from DDP, "visual.backbone." from a pcas checkpoint, "backbone." from a saved
+    VisualEncoder) when that helps match."""
+    for prefix in ("module.", "visual.", "backbone.", "model.", "encoder."):
         if sd and all(k.startswith(prefix) for k in sd):
             sd = {k[len(prefix):]: v for k, v in sd.items()}
         elif not any(k in model_keys for k in sd) and any(k.startswith(prefix) for k in sd):
@@ -261,6 +263,11 @@ def load_backbone_weights(model: nn.Module, path: Path) -> LoadReport:
     if not usable:
         raise fail(path, f"no tensor in this file matches backbone {type(model).__name__} "
                          f"({len(sd)} keys, e.g. {next(iter(sd), '-')!r})")
+    # without its patch / position embedding a ViT starts half random: refuse rather than train on it silently
+    embeddings = [m for m in mismatched if m.startswith(("patch_embed.", "pos_embed"))]
+    if embeddings:
+        raise fail(path, f"its embeddings do not fit this backbone even after timm's resampling ({embeddings[0]}); "
+                         "check the backbone name and patch size")
     result = model.load_state_dict(usable, strict=False)
     unexpected = [k for k in sd if k not in own]
     return LoadReport(path=path, loaded=len(usable), missing=list(result.missing_keys), unexpected=unexpected,

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from pcas_cli.artifacts import ArtifactReader, read_features
-from pcas_cli.console import progress
+from pcas_cli.console import CONSOLE, progress
 from pcas_cli.errors import PcasError, fail
 from pcas_cli.provenance import check_inputs
 
@@ -40,6 +40,9 @@ class AudioModelConfig:
     # "timm:<model>": a timm CNN's stride-16 feature map on the same token grid, e.g. "timm:resnet18" (TimmStem)
     input_norm: str = "none"  # "none": fbank as extracted (AST normalisation); "second": standardise each second
     head_pool: str = "mean"  # "mean": linear head on the mean patch token; "attention": per-class attention over patches
+    # A local state dict to start from: AST (AudioSet), a timm ViT / DeiT (ImageNet, adapted as AST does) or a saved
+    # audio encoder (models.audio.load_audio_weights); "" = from scratch
+    weights: str = ""
 
 
 @dataclass(frozen=True)
@@ -56,11 +59,11 @@ def stage_config(cfg: Any) -> dict[str, Any]:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise PcasError(f"--device {name}: CUDA is not available on this machine")
-    return torch.device(name)
+    """This process's device for auto | cpu | cuda | cuda:N: under torchrun, "auto" and "cuda" are this rank's GPU
+    (its LOCAL_RANK), so the caches a stage builds before training land where its rank trains."""
+    from pcas_cli.training.distributed import env_world, resolve_device as resolve_for_rank
+
+    return resolve_for_rank(name, env_world()[2])
 
 
 def run_paths(run: Path) -> dict[str, Path]:
@@ -145,24 +148,40 @@ class PCASModel(nn.Module):
         return res
 
 
+def say_loaded(report: Any) -> None:
+    """One line on what a weights file gave the model (models.LoadReport): a file that half fits shows here."""
+    CONSOLE.print(f"weights {report.path}: {report.loaded} tensors loaded, {len(report.missing)} left as initialised, "
+                  f"{len(report.unexpected)} unused, {len(report.mismatched)} of another shape", highlight=False)
+
+
 def build_visual(spec: dict[str, Any]) -> nn.Module:
+    """The visual encoder of a model spec; with `visual.weights` set, started from that file (said in one line)."""
     from pcas_cli.models import build_visual_encoder
 
     v = spec["visual"]
     weights = Path(v["weights"]) if v.get("weights") else None
-    return build_visual_encoder(v["backbone"], spec["num_classes"], spec["img_size"], pretrained=v["pretrained"],
-                                weights=weights, **v.get("overrides", {}))
+    encoder = build_visual_encoder(v["backbone"], spec["num_classes"], spec["img_size"], pretrained=v["pretrained"],
+                                   weights=weights, **v.get("overrides", {}))
+    if encoder.weights_report is not None:
+        say_loaded(encoder.weights_report)
+    return encoder
 
 
 def build_audio(spec: dict[str, Any]) -> nn.Module:
-    from pcas_cli.models import AudioEncoder
+    """The audio encoder of a model spec; with `audio.weights` set, started from that file (said in one line)."""
+    from pcas_cli.models import AudioEncoder, load_audio_weights
 
     a = spec["audio"]
-    return AudioEncoder(spec["num_classes"], embed_dim=a["embed_dim"], depth=a["depth"], num_heads=a["num_heads"],
-                        n_mels=spec["n_mels"], frames_per_second=spec["frames_per_second"],
-                        patch_stride=tuple(a["patch_stride"]), visual_dim=spec["visual_dim"] if spec["tvp"] else None,
-                        max_seconds=spec["max_seconds"], context=a["context"], stem=a.get("stem", "patch"),
-                        input_norm=a.get("input_norm", "none"), head_pool=a.get("head_pool", "mean"))
+    encoder = AudioEncoder(spec["num_classes"], embed_dim=a["embed_dim"], depth=a["depth"], num_heads=a["num_heads"],
+                           n_mels=spec["n_mels"], frames_per_second=spec["frames_per_second"],
+                           patch_stride=tuple(a["patch_stride"]),
+                           visual_dim=spec["visual_dim"] if spec["tvp"] else None, max_seconds=spec["max_seconds"],
+                           context=a["context"], stem=a.get("stem", "patch"), input_norm=a.get("input_norm", "none"),
+                           head_pool=a.get("head_pool", "mean"))
+    if a.get("weights"):
+        encoder.weights_report = load_audio_weights(encoder, Path(a["weights"]))
+        say_loaded(encoder.weights_report)
+    return encoder
 
 
 def data_spec(features: ArtifactReader) -> dict[str, Any]:
@@ -186,6 +205,7 @@ def audio_architecture(spec: dict[str, Any]) -> dict[str, Any]:
         ("visual_dim",) if spec["tvp"] else ())
     # Fields added later default as `build_audio` reads them, so older checkpoints still match their students.
     audio = {"stem": "patch", "input_norm": "none", "head_pool": "mean", **spec["audio"]}
+    audio.pop("weights", None)  # where a listener started from, not what it is
     return {**{k: spec[k] for k in keys}, "audio": audio}
 
 
@@ -234,7 +254,7 @@ def visual_from_checkpoint(path: Path, stage: str | tuple[str, ...] = VISUAL_STA
 def audio_from_checkpoint(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     ckpt = load_weights(path, "train-tvp")
     spec = ckpt["provenance"]["model_spec"]
-    audio = build_audio(spec)
+    audio = build_audio({**spec, "audio": {**spec["audio"], "weights": ""}})  # the checkpoint holds the weights
     load_state(audio, ckpt["model"], "audio.", path)
     return audio, ckpt
 

@@ -27,7 +27,7 @@ from pcas_cli.console import CONSOLE, progress
 from pcas_cli.crf import CRFParams, crf_many, get_preset, resolve_workers
 from pcas_cli.errors import fail
 from pcas_cli.metrics import BinaryMIoU, SemanticScores
-from pcas_cli.provenance import check_input_file, make_provenance
+from pcas_cli.provenance import check_input_file, check_made_alike, make_provenance
 from pcas_cli.seed import seed_everything
 from pcas_cli.stages.evaluate import check_compatible
 
@@ -182,8 +182,11 @@ def _open_pair(features: Path, predictions: Path) -> tuple[ArtifactReader, Artif
     return feats, preds, rows
 
 
-def choose_kernel(cfg: CRFConfig, workers: int) -> tuple[str, dict[str, Any], dict[str, str]]:
-    """The candidate with the best val mIoU; returns it, the comparison (for the provenance) and the val inputs."""
+def choose_kernel(cfg: CRFConfig, workers: int, made: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, str]]:
+    """The candidate with the best val mIoU; returns it, the comparison (for the provenance) and the val inputs.
+
+    `made` is the provenance of the predictions to refine: the val predictions must have been made alike.
+    """
     if not cfg.candidates:
         raise fail(None, "crf.candidates is empty; list kernels to choose from, e.g. [\"none\", \"toco_cam\"]")
     kernels = {c: parse_kernel(c) for c in cfg.candidates}
@@ -193,6 +196,7 @@ def choose_kernel(cfg: CRFConfig, workers: int) -> tuple[str, dict[str, Any], di
             raise fail(path, "not found: choose_on_val needs the val split's features and predictions next to "
                              "the ones refined (or pass --set choose_on_val=false)")
     feats, preds, rows = _open_pair(val_feats, val_preds)
+    check_made_alike(cfg.predictions, val_preds, made, preds.provenance)
     task = check_compatible(feats, preds)
     semantic = task == "semantic"  # binary tasks are scored on foreground vs background, as `pcas eval` does
     miou: dict[str, float] = {}
@@ -224,7 +228,7 @@ def run(cfg: CRFConfig) -> Path:
     inputs = {str(cfg.features): feats.artifact_id, str(cfg.predictions): preds.artifact_id}
     choice = None
     if cfg.choose_on_val:
-        kernel, choice, val_inputs = choose_kernel(cfg, workers)
+        kernel, choice, val_inputs = choose_kernel(cfg, workers, preds.provenance)
         params = parse_kernel(kernel)
         inputs.update(val_inputs)
     else:

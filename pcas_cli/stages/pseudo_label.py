@@ -41,7 +41,7 @@ from pcas_cli.cam import cam_to_scores, mask_absent, multiscale_cam, normalize_c
 from pcas_cli.console import CONSOLE, progress
 from pcas_cli.errors import PcasError
 from pcas_cli.metrics import BinaryMIoU, SemanticScores
-from pcas_cli.provenance import make_provenance
+from pcas_cli.provenance import check_made_alike, make_provenance
 from pcas_cli.stages._common import (feature_key, frame_classes_from_masks, frames_to_tensor, listen,
                                      listener_names, open_features, resolve_device, run_paths, stage_config,
                                      visual_from_checkpoint)
@@ -126,8 +126,11 @@ class MapMaker:
     @torch.no_grad()
     def clip_maps(self, i: int) -> FrameMaps:
         cfg = self.cfg
+        # a split's video labels and masks are read only where used: train's labels (train_use_labels) and the
+        # oracle diagnostic's ground truth; val / test predictions never see them
+        uses_labels = cfg.oracle_presence or (cfg.split == "train" and cfg.train_use_labels)
         truth_fields = ("masks", "mask_valid") if cfg.oracle_presence else ()
-        clip = self.features.clip(i, ("frames", "labels", "frame_valid", *truth_fields))
+        clip = self.features.clip(i, ("frames", "frame_valid", *(("labels",) if uses_labels else ()), *truth_fields))
         images = frames_to_tensor(clip["frames"], self.device)  # (T, 3, H, W)
         visual = self.model.visual
         out = visual(images)
@@ -258,7 +261,8 @@ def sweep_thresholds(maker: MapMaker, cfg: PseudoLabelConfig) -> tuple[Threshold
     return best, {th.key: v for th, v in scores.items()}
 
 
-def thresholds_from_val(cfg: PseudoLabelConfig) -> tuple[Thresholds, str]:
+def thresholds_from_val(cfg: PseudoLabelConfig, inputs: dict[str, str]) -> tuple[Thresholds, str]:
+    """The thresholds val chose, refused unless val was labelled alike (same settings and weights as this split)."""
     val_path = Path(cfg.run) / cfg.out / "val.h5"
     if not val_path.exists():
         raise PcasError(f"{val_path}: not found; run `pcas pseudo-label --split val` first (it chooses the "
@@ -267,6 +271,8 @@ def thresholds_from_val(cfg: PseudoLabelConfig) -> tuple[Thresholds, str]:
     if "sim_alpha" not in val.meta:
         raise PcasError(f"{val_path}: made by an older pcas without the thresholds chosen on val; rerun "
                         "`pcas pseudo-label --split val`")
+    check_made_alike(Path(cfg.run) / cfg.out / f"{cfg.split}.h5", val_path,
+                     {"stage": "pseudo-label", "config": stage_config(cfg), "inputs": inputs}, val.provenance)
     m = val.meta
     # visual_gate: absent from artifacts made before it existed, which had none
     th = Thresholds(float(m["presence_threshold"]), float(m["bg_threshold"]), float(m["sim_alpha"]),
@@ -295,7 +301,7 @@ def run(cfg: PseudoLabelConfig) -> Path:
                       f"similarity exponent {th.sim_alpha}, visual gate {th.visual_gate} "
                       f"(val mIoU {sweep[th.key]:.4f})")
     else:
-        th, val_id = thresholds_from_val(cfg)
+        th, val_id = thresholds_from_val(cfg, inputs)
         inputs[f"{cfg.out}/val.h5"] = val_id
     meta = {"presence_threshold": th.presence, "bg_threshold": th.background, "sim_alpha": th.sim_alpha,
             "visual_gate": th.visual_gate,

@@ -188,7 +188,9 @@ def run(cfg: TrainTVPConfig) -> Path:
     ckpt_dir = run_paths(cfg.run)["ckpt"]
     train, val = open_features(cfg.run, "train"), open_features(cfg.run, "val")
     inputs = {feature_key("train"): train.artifact_id, feature_key("val"): val.artifact_id}
-    spec = {**data_spec(train), "audio": to_dict(cfg.audio), "tvp": cfg.tvp}
+    # a student starts from its teacher's weights, not from the audio weights file its teacher started from
+    audio = {**to_dict(cfg.audio), **({"weights": ""} if cfg.teacher else {})}
+    spec = {**data_spec(train), "audio": audio, "tvp": cfg.tvp}
     train_prompts = val_prompts = None
     extra: dict[str, Any] = {}
     if cfg.tvp:

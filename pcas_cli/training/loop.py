@@ -424,13 +424,17 @@ def _resume_state(run: _Run, resume: Resume) -> dict[str, Any] | None:
         if resume is True:
             raise
         return _afresh(run, str(e))
+    finished_gone = state["epoch"] >= run.cfg.epochs and not run.path(".pt").exists()
     if resume is True:
+        if finished_gone:  # its best-on-val weights left with the .pt; the last epoch's are not them
+            raise PcasError(f"{last}: a finished run whose published {run.path('.pt').name} is gone; retrain it "
+                            "without --resume")
         return state
     differs = differing_keys(state.get("identity"), _identity(run))
     differs += [key for key, now in _environment(run).items() if state.get("environment", {}).get(key) != now]
     if differs:
         return _afresh(run, f"{last}: made with other {', '.join(differs[:4])}")
-    if state["epoch"] >= run.cfg.epochs and not run.path(".pt").exists():
+    if finished_gone:
         return _afresh(run, f"{last}: a finished run whose published {run.path('.pt').name} is gone")
     return state
 
@@ -442,8 +446,10 @@ def _afresh(run: _Run, why: str) -> None:
 
 def _environment(run: _Run) -> dict[str, Any]:
     """What besides the settings shapes the numbers, for "auto" resumption: the package's code, the libraries, the
-    device type (a CPU run continued on CUDA would mix the two's rounding)."""
-    return {"code": _SOURCE, "libraries": library_versions(), "device": run.info.device.type}
+    device type (a CPU run continued on CUDA would mix the two's rounding) and torch's CPU threads (its reductions
+    may split differently)."""
+    return {"code": _SOURCE, "libraries": library_versions(), "device": run.info.device.type,
+            "threads": torch.get_num_threads()}
 
 
 def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
@@ -455,7 +461,8 @@ def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
     except RuntimeError as e:
         raise PcasError(f"{last}: weights do not fit this model ({str(e).splitlines()[0]})") from None
     run.optimizer.load_state_dict(ckpt["optimizer"])
-    run.scaler.load_state_dict(ckpt["scaler"])
+    if ckpt["scaler"]:  # empty when the run had no float16 AMP (CPU, or amp off): nothing to restore
+        run.scaler.load_state_dict(ckpt["scaler"])
     run.step, run.epoch, run.best, run.history = ckpt["step"], ckpt["epoch"], ckpt["best"], list(ckpt["history"])
     restore_rng(ckpt["rng"][run.info.rank], run.info.device)
     RESUMED.append(f"{run.name} from epoch {run.epoch}/{run.cfg.epochs}")
