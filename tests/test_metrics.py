@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from pcas_cli.metrics import (BinaryFScore, BinaryMIoU, SemanticScores, binarize, binary_iou, fscore_curves,
                               official_thresholds, semantic_frame_counts)
@@ -294,3 +295,90 @@ def test_bootstrap_miou_hand_computed():
     # same clips, same seed: the same draws (a paired bootstrap of two rows); identical clips: no spread
     assert np.array_equal(samples, bootstrap_miou(iou_sum, count, resamples=400))
     assert np.all(bootstrap_miou(np.array([[0.3], [0.3]]), np.array([[1], [1]])) == pytest.approx(0.3))
+
+
+# ---------------------------------------------------------------- against a transcription of the official code
+
+
+def _official_binary(logits: torch.Tensor, gt: torch.Tensor, batch: int) -> tuple[float, float]:
+    """mIoU (`mask_iou`) and F (`Eval_Fmeasure`) as the official S4 / MS3 test loop computes them: per batch of
+    `batch` frames, then the unweighted mean over batches (docs/reference/avsbench-facts.md section 2)."""
+    ious, fs = [], []
+    thresholds = torch.linspace(0, 1 - 1e-10, 255)
+    for start in range(0, len(gt), batch):
+        x, g = logits[start:start + batch], gt[start:start + batch].float()
+        p = (torch.sigmoid(x) > 0.5).float()
+        frame_iou = []
+        for pn, gn in zip(p, g):
+            if gn.sum() > 0:
+                frame_iou.append((pn * gn).sum() / (torch.maximum(pn, gn).sum() + 1e-7))
+            else:
+                frame_iou.append(((1 - pn) * (1 - gn)).sum() / (gn.numel() + 1e-7))
+        ious.append(torch.stack(frame_iou).mean())
+        prob, curve, n = torch.sigmoid(x), torch.zeros(255), 0
+        for pn, gn in zip(prob, g):
+            if gn.mean() == 0:
+                continue
+            prec, rec = torch.zeros(255), torch.zeros(255)
+            for k, t in enumerate(thresholds):
+                y = (pn >= t).float()
+                tp = (y * gn).sum()
+                prec[k], rec[k] = tp / (y.sum() + 1e-20), tp / (gn.sum() + 1e-20)
+            f = 1.3 * prec * rec / (0.3 * prec + rec)
+            f[f != f] = 0
+            curve, n = curve + f, n + 1
+        fs.append((curve / n).max() if n else torch.tensor(0.0))
+    return float(torch.stack(ious).mean()), float(torch.stack(fs).mean())
+
+
+def _official_semantic(pred: torch.Tensor, gt: torch.Tensor, num_classes: int) -> tuple[float, float]:
+    """AVSS `_batch_miou_fscore`: per-frame, per-class IoU / F summed over frames, divided by the frames where the
+    class occurs in prediction or truth, NaN -> 0, then the mean over every class, background included."""
+    iou_sum, f_sum, count = torch.zeros(num_classes), torch.zeros(num_classes), torch.zeros(num_classes)
+    for pf, gf in zip(pred, gt):
+        for c in range(num_classes):
+            i = float(((pf == c) & (gf == c)).sum())
+            np_, ng = float((pf == c).sum()), float((gf == c).sum())
+            u = np_ + ng - i
+            iou_sum[c] += i / (u + 2.220446049250313e-16)
+            count[c] += u > 0
+            prec = torch.tensor(i) / np_ if np_ else torch.tensor(float("nan"))
+            rec = torch.tensor(i) / ng if ng else torch.tensor(float("nan"))
+            f = 1.3 * prec * rec / (0.3 * prec + rec)
+            f_sum[c] += 0.0 if torch.isnan(f) else float(f)
+    miou, f = iou_sum / count, f_sum / count
+    miou[torch.isnan(miou)], f[torch.isnan(f)] = 0, 0
+    return float(miou.mean()), float(f.mean())
+
+
+def test_binary_metrics_match_the_official_code_on_s4_shaped_batches():
+    """Random logits and masks in the official test shape (batches of 4 clips x 5 frames, a partial last batch),
+    with empty-ground-truth frames and one all-empty batch: pcas's streaming metrics give the official numbers."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(45, 12, 12, generator=g) * 3
+    gt = (torch.rand(45, 12, 12, generator=g) > 0.6).to(torch.uint8)
+    gt[3] = 0
+    gt[20:40] = 0  # the second batch of 20 frames has no foreground at all
+    miou_official, f_official = _official_binary(logits, gt, batch=20)
+    prob = torch.sigmoid(logits).numpy()
+    iou_acc, f_acc = BinaryMIoU(batch_frames=20), BinaryFScore(batch_frames=20)
+    for start in range(0, 45, 5):  # streamed clip by clip, as `pcas eval` reads them
+        sl = slice(start, start + 5)
+        iou_acc.update((prob[sl] > 0.5).astype(np.uint8), gt[sl].numpy())
+        f_acc.update(prob[sl], gt[sl].numpy())
+    assert iou_acc.result()["miou"] == pytest.approx(miou_official, abs=1e-6)
+    assert f_acc.result()["fscore"] == pytest.approx(f_official, abs=1e-6)
+
+
+def test_semantic_metrics_match_the_official_code():
+    """71 classes, most never present, a frame of background only, a class only predicted, a class only true."""
+    g = torch.Generator().manual_seed(1)
+    gt = torch.randint(0, 4, (12, 10, 10), generator=g)
+    pred = torch.randint(0, 5, (12, 10, 10), generator=g)
+    gt[2], pred[5], gt[7] = 0, 70, 70
+    official = _official_semantic(pred, gt, 71)
+    acc = SemanticScores(71)
+    for start in range(0, 12, 5):
+        acc.update(pred[start:start + 5].numpy().astype(np.uint8), gt[start:start + 5].numpy().astype(np.uint8))
+    r = acc.result()
+    assert (r["miou"], r["fscore"]) == pytest.approx(official, abs=1e-6)
