@@ -34,6 +34,7 @@ help:
 	@echo "make bench                speed / memory benchmarks -> results/bench.md"
 	@echo "make bench-avdigits       the AV-Digits benchmark (MNIST + FSDD from ../shared/data) -> results/avdigits.md"
 	@echo "make lock                 rewrite constraints.txt (exact dependency versions) from .venv"
+	@echo "make clean-runs           delete data/runs (every run's artifacts; the generated data sets stay)"
 
 # torch/torchvision/torchaudio are pinned in pyproject.toml (the combination known to work here); constraints.txt
 # holds the exact version of every dependency where results/ were last measured (why: README, Development).
@@ -144,9 +145,9 @@ $(RUNS)/%/baselines/similarity/val.h5: $(RUNS)/%/ckpt/align.pt $$(call stage_cfg
 	$(PCAS) pseudo-label --run $(RUNS)/$* --split val --weights align --mode similarity --out baselines/similarity $(PRESET)
 $(RUNS)/%/baselines/similarity/test.h5: $(RUNS)/%/baselines/similarity/val.h5
 	$(PCAS) pseudo-label --run $(RUNS)/$* --split test --weights align --mode similarity --out baselines/similarity $(PRESET)
-$(RUNS)/%/baselines/background/test.h5: $(RUNS)/%/features/test.h5
+$(RUNS)/%/baselines/background/test.h5: $(RUNS)/%/features/test.h5 $$(call stage_cfg,$$*,baseline)
 	$(PCAS) baseline --run $(RUNS)/$* --kind background
-$(RUNS)/%/baselines/visible/test.h5: $(RUNS)/%/features/test.h5
+$(RUNS)/%/baselines/visible/test.h5: $(RUNS)/%/features/test.h5 $$(call stage_cfg,$$*,baseline)
 	$(PCAS) baseline --run $(RUNS)/$* --kind visible
 
 # Fully supervised upper bound (same backbone, FPN decoder, ground-truth train masks).
