@@ -127,7 +127,7 @@ MNIST_FILES = {
     "t10k-images-idx3-ubyte.gz": ("x_test", "2646ac647ad5339dbf082846283269ea", 16),
     "t10k-labels-idx1-ubyte.gz": ("y_test", "27ae3e4e09519cfbb04c329615203637", 8),
 }
-OFFLINE_HINT = ("without internet, pass local copies instead: --mnist PATH (an .npz with x_train, y_train, x_test, "
+OFFLINE_HINT = ("without internet, drop --download and pass local copies instead: --mnist PATH (an .npz with x_train, y_train, x_test, "
                 "y_test) --fsdd PATH (a folder of {digit}_{speaker}_{take}.wav), e.g. "
                 "--mnist ../shared/data/mnist/mnist_uint8.npz --fsdd ../shared/data/fsdd/recordings")
 
@@ -194,6 +194,8 @@ def check_config(cfg: AVDigitsConfig) -> None:
         problems.append("test_speakers must name at least one FSDD speaker (held out of train)")
     if cfg.max_sources < 1:
         problems.append("max_sources must be >= 1")
+    if cfg.workers < 0:
+        problems.append(f"workers must be >= 0, got {cfg.workers}")
     for name in ("p_silent_frame", "p_multi_source", "p_repeat", "max_motion"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             problems.append(f"{name} must be in [0, 1]")

@@ -10,9 +10,9 @@ output into the per-pixel scores and labels the pseudo-label and CRF stages need
 3. `mask_absent`: classes absent from the (video-level or predicted) label are zeroed;
 4. `cam_to_label` / `cam_to_scores`: background comes only from a threshold (the CAM has no background channel).
 
-PCAS makes the CAM *audio-guided* (paper: "Listening-before-Segmentation"): `sharpen_with_similarity` modulates each
-class map by the similarity between the visual patches and the audio token, so that a visible but silent object is
-suppressed.
+PCAS makes the CAM *audio-guided* (paper: "Listening-before-Segmentation") in `pcas pseudo-label`: each class map is
+multiplied by the per-frame normalised similarity between the visual patches and the audio token, raised to a power
+chosen on val (`stages.pseudo_label.FrameMaps.sharpened`), so that a visible but silent object is suppressed.
 """
 
 from __future__ import annotations
@@ -195,37 +195,3 @@ def binary_from_semantic(probs: Tensor) -> Tensor:
         (B, H, W) foreground probability in [0, 1].
     """
     return (1.0 - probs[:, 0]).clamp(0.0, 1.0)
-
-
-def sharpen_with_similarity(cam: Tensor, similarity: Tensor, alpha: float = 1.0, eps: float = CAM_EPS) -> Tensor:
-    """Audio-guide a CAM: `cam * sim_norm ** alpha`, with the audio-patch similarity min-max normalised per image.
-
-    The similarity map (cosine between each visual patch and the audio token, PCAS "Listening-before-Segmentation")
-    says *where the sound comes from*; the CAM says *where each class is visible*. Their product keeps a class only
-    where it is both visible and sounding. Min-max normalisation per image maps the least audio-like patch to 0 and
-    the most audio-like to 1, so only relative similarity matters (raw cosine levels drift between models); the
-    clamp keeps the base of the power non-negative. alpha = 0 returns the CAM unchanged; larger alpha suppresses
-    weakly similar regions more.
-
-    Args:
-        cam: (B, C, h, w) CAM (raw or normalised).
-        similarity: (B, h', w') audio-patch similarity; bilinearly resized to (h, w) when the grids differ.
-        alpha: sharpening exponent (>= 0).
-        eps: an image whose similarity range is <= eps is treated as uninformative (factor 1 everywhere).
-
-    Returns:
-        (B, C, h, w) modulated CAM.
-    """
-    if alpha < 0:
-        raise ValueError(f"alpha must be >= 0, got {alpha}")
-    if similarity.dim() != 3 or similarity.shape[0] != cam.shape[0]:
-        raise ValueError(f"similarity must be (B, h, w) with B={cam.shape[0]}, got {tuple(similarity.shape)}")
-    sim = similarity.to(cam.dtype)[:, None]  # (B, 1, h', w')
-    if sim.shape[-2:] != cam.shape[-2:]:
-        sim = F.interpolate(sim, size=cam.shape[-2:], mode="bilinear", align_corners=False)  # (B, 1, h, w)
-    lo = sim.amin(dim=(-2, -1), keepdim=True)  # (B, 1, 1, 1)
-    span = sim.amax(dim=(-2, -1), keepdim=True) - lo  # (B, 1, 1, 1)
-    norm = ((sim - lo) / (span + eps)).clamp(min=0.0)  # (B, 1, h, w) in [0, 1)
-    # A flat map carries no "where" information: leave that image's CAM as it is rather than erasing it.
-    norm = torch.where(span > eps, norm, torch.ones_like(norm))
-    return cam * norm.pow(alpha)

@@ -150,8 +150,8 @@ def _print_stats(module: Any, cfg: Any, title: str) -> None:
     from pcas_cli.console import CONSOLE
 
     root = module.output_root(cfg)
-    if (root / module.STATS_FILE).exists():
-        stats, where = module.load_stats(root), str(root)
+    if (root / module.STATS_FILE).exists():  # what is on disk, whatever other options were given
+        stats, where = module.load_stats(root), f"recorded in {root}; generation options not applied"
     else:
         stats, where = module.compute_stats(clip.sample for clip in module.generate(cfg)), "generated in memory"
     table = Table(title=f"{title} ({where})")
@@ -174,6 +174,10 @@ def build_avdigits(
                                             help="fetch MNIST and FSDD into the cache first (needs the network)"),
     videos: Optional[int] = typer.Option(None, help="training clips (config default: 2000; val/test: --set "
                                                     "val_videos=N, test_videos=N, default 60 each)"),
+    test_speakers: Optional[List[str]] = typer.Option(None, "--test-speakers",
+                                                      help="FSDD speaker held out of train for val (even takes) "
+                                                           "and test (odd takes); repeat for several (config "
+                                                           "default: theo)"),
     seed: Optional[int] = SeedOpt,
     stats: bool = typer.Option(False, "--stats", help="print the data set's statistics (of --root if it exists)"),
     config: Optional[Path] = ConfigOpt, preset: Optional[str] = PresetOpt, set_: Optional[List[str]] = SetOpt,
@@ -183,7 +187,7 @@ def build_avdigits(
     from pcas_cli.config import load_config
 
     overrides = {"layout": layout, "root": root, "mnist": mnist, "fsdd": fsdd, "download": download,
-                 "videos": videos, "seed": seed, **_parse_sets(set_)}
+                 "videos": videos, "seed": seed, "test_speakers": test_speakers or None, **_parse_sets(set_)}
     cfg = load_config(avdigits.AVDigitsConfig, "build-avdigits", config, preset, overrides)
     if stats:
         _print_stats(avdigits, cfg, f"pcas build-avdigits --layout {cfg.layout}")

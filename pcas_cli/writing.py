@@ -12,7 +12,7 @@ def write_text(path: Path | str, text: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")  # tables hold ±, ×, …: not the locale's encoding
     os.replace(tmp, path)
     return path
 

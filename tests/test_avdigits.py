@@ -113,13 +113,23 @@ def test_download_offline_says_what_to_pass_instead(tmp_path, monkeypatch):
 
 
 @needs_data
-def test_unknown_or_all_held_out_speakers_are_user_errors(inputs):
+def test_unknown_or_all_held_out_speakers_are_user_errors(inputs, tmp_path):
     mnist, fsdd = inputs
     with pytest.raises(PcasError, match=r"test speaker\(s\) \['nobody'\].*speakers found: \['george'"):
         av.load_sources(av.AVDigitsConfig(mnist=mnist, fsdd=fsdd, test_speakers=("nobody",)))
     everyone = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
     with pytest.raises(PcasError, match="none is left for train"):
         av.load_sources(av.AVDigitsConfig(mnist=mnist, fsdd=fsdd, test_speakers=everyone))
+    # the command line's --test-speakers (repeatable) reaches the same check
+    from typer.testing import CliRunner
+
+    from pcas_cli.cli import app
+
+    result = CliRunner().invoke(app, ["build-avdigits", "--mnist", str(mnist), "--fsdd", str(fsdd), "--root",
+                                      str(tmp_path / "out"), "--test-speakers", "theo",
+                                      "--test-speakers", "nobody"])
+    assert isinstance(result.exception, PcasError) and "['nobody']" in str(result.exception)
+    assert not (tmp_path / "out").exists()
 
 
 # ------------------------------------------------------------------------------------------------ determinism

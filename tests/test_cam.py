@@ -15,7 +15,6 @@ from pcas_cli.cam import (
     multiscale_cam,
     normalize_cam,
     scores_to_probs,
-    sharpen_with_similarity,
 )
 
 
@@ -191,33 +190,6 @@ def test_multiscale_flip_consistency():
         c = multiscale_cam(cam_fn, img.flip(-1), flip=False)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(c, b, atol=1e-3)  # without the flip merge the property does not hold
-
-
-# --- audio-guided sharpening ----------------------------------------------------------------------------------------
-
-def test_sharpen_with_similarity_hand_values():
-    cam = torch.ones(1, 2, 2, 2)
-    sim = torch.tensor([[[0.0, 1.0], [2.0, 4.0]]])  # min-max -> [0, .25, .5, 1]
-    expected = torch.tensor([[0.0, 0.25], [0.5, 1.0]]) * 4 / (4 + 1e-5)
-    out = sharpen_with_similarity(cam, sim, alpha=1.0)
-    torch.testing.assert_close(out[0, 0], expected)
-    torch.testing.assert_close(out[0, 1], expected)
-    torch.testing.assert_close(sharpen_with_similarity(cam, sim, alpha=2.0)[0, 0], expected ** 2)
-    torch.testing.assert_close(sharpen_with_similarity(cam * 3, sim, alpha=0.0), cam * 3)
-
-
-def test_sharpen_negative_cosines_flat_maps_and_resizing():
-    cam = torch.rand(2, 3, 4, 4)
-    sim = torch.stack([torch.linspace(-1, -0.5, 16).view(4, 4), torch.full((4, 4), 0.3)])  # (2, 4, 4)
-    out = sharpen_with_similarity(cam, sim)
-    assert out[0].flatten(1)[:, 0].eq(0).all() and (out >= 0).all()  # least similar patch -> 0
-    torch.testing.assert_close(out[1], cam[1])  # a flat map carries no location: CAM unchanged
-    coarse = sharpen_with_similarity(torch.ones(1, 1, 8, 8), torch.tensor([[[0.0, 1.0], [0.0, 1.0]]]))
-    assert coarse.shape == (1, 1, 8, 8) and coarse[0, 0, :, -1].gt(0.9).all() and coarse[0, 0, :, 0].eq(0).all()
-    with pytest.raises(ValueError):
-        sharpen_with_similarity(cam, sim, alpha=-1.0)
-    with pytest.raises(ValueError):
-        sharpen_with_similarity(cam, sim[:1])
 
 
 # --- pseudo-label: presence threshold, background threshold, argmax, binary vs semantic ---------------------------

@@ -782,7 +782,7 @@ def update_readme(readme: Path, body: str, prefix: str = "synth") -> None:
     if not readme.exists():
         return
     start, end = readme_markers(prefix)
-    text = readme.read_text()
+    text = readme.read_text(encoding="utf-8")
     if start not in text or end not in text:
         return
     pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
