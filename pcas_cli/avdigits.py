@@ -127,8 +127,8 @@ MNIST_FILES = {
     "t10k-images-idx3-ubyte.gz": ("x_test", "2646ac647ad5339dbf082846283269ea", 16),
     "t10k-labels-idx1-ubyte.gz": ("y_test", "27ae3e4e09519cfbb04c329615203637", 8),
 }
-OFFLINE_HINT = ("without internet, drop --download and pass local copies instead: --mnist PATH (an .npz with x_train, y_train, x_test, "
-                "y_test) --fsdd PATH (a folder of {digit}_{speaker}_{take}.wav), e.g. "
+OFFLINE_HINT = ("without internet, drop --download and pass local copies instead: --mnist PATH (an .npz with "
+                "x_train, y_train, x_test, y_test) --fsdd PATH (a folder of {digit}_{speaker}_{take}.wav), e.g. "
                 "--mnist ../shared/data/mnist/mnist_uint8.npz --fsdd ../shared/data/fsdd/recordings")
 
 

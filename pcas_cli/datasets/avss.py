@@ -13,10 +13,10 @@ Layout (docs/reference/avsbench-facts.md, section 1):
         visible_semantic/{i}.png      pcas extension (generated data only): every visible object, class index
 
 A train frame has a mask when one of its mask files exists (v1s train clips have only `0.png`); a val / test frame
-without one is an error (it would be scored). Masks whose size differs
-from their frame are resized to the frame with nearest neighbour. Video-level labels come from `a_obj`; its known
-quirks are handled: `off-the-screen` and `background` are not classes and are skipped, and a name with stray spaces
-(`h orse`) is accepted when removing the spaces gives a known class.
+without one is an error (it would be scored). Masks whose size differs from their frame are resized to the frame with
+nearest neighbour. Video-level labels come from `a_obj`; its known quirks are handled: `off-the-screen` and
+`background` are not classes and are skipped, and a name with stray spaces (`h orse`) is accepted when removing the
+spaces gives a known class.
 """
 
 from __future__ import annotations
