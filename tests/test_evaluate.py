@@ -222,8 +222,10 @@ def test_compare_paired_bootstrap_and_refusals(tmp_path):
     other = json.loads((tmp_path / "weak.json").read_text())
     other["clips"]["ids"] = ["a", "c"]
     (tmp_path / "other.json").write_text(json.dumps(other))
+    regenerated = {**json.loads((tmp_path / "weak.json").read_text()), "features_id": "another data set"}
+    (tmp_path / "regenerated.json").write_text(json.dumps(regenerated))  # same clip ids, other ground truth
     for name, why in (("old.json", "re-run pcas eval"), ("missing.json", "no such metrics file"),
-                      ("other.json", "scored other clips")):
+                      ("other.json", "scored other clips"), ("regenerated.json", "ground truth")):
         with pytest.raises(PcasError) as e:
             compare_run(CompareConfig(reference=tmp_path / "weak.json", others=(tmp_path / name,)))
         assert str(e.value).startswith(str(tmp_path / name)) and why in str(e.value) and "\n" not in str(e.value)

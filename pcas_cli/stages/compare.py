@@ -33,10 +33,14 @@ class CompareConfig:
 def paired_samples(a: dict[str, Any], b: dict[str, Any], resamples: int = BOOTSTRAP_RESAMPLES,
                    seed: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
     """Bootstrap mIoU samples (resamples,) of two metrics dicts drawn over the same resampled clips, or None where
-    either lacks the clips' statistics (written before 2026-12-03) or they scored different clips."""
+    either lacks the clips' statistics (written before 2026-12-03) or they were not scored alike: other clips, other
+    ground truth (clip ids are positions, so a regenerated data set reuses them) or another protocol."""
     ca, cb = a.get("clips"), b.get("clips")
     if not ca or not cb or ca["ids"] != cb["ids"]:
         return None
+    for key in ("features_id", "protocol"):  # absent from older metrics files: not checked there
+        if key in a and key in b and a[key] != b[key]:
+            return None
     return (bootstrap_miou(ca["iou_sum"], ca["count"], resamples, seed),
             bootstrap_miou(cb["iou_sum"], cb["count"], resamples, seed))
 
@@ -86,7 +90,8 @@ def run(cfg: CompareConfig) -> list[dict[str, Any]]:
         other = load_metrics(path)
         result = compare(reference, other, cfg.resamples, cfg.seed)
         if result is None:
-            raise fail(path, f"scored other clips than {cfg.reference}; compare rows of the same split")
+            raise fail(path, f"scored other clips, ground truth or protocol than {cfg.reference}; compare rows "
+                             "scored alike on the same split")
         (lo, hi), (d_lo, d_hi) = result["miou_ci95"], result["difference_ci95"]
         share, share_ci = result["share"], result["share_ci95"]
         table.add_row(other.get("name") or str(path), f"{100 * other['miou']:.2f}", f"{100 * lo:.2f} .. {100 * hi:.2f}",
