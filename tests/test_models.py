@@ -417,7 +417,8 @@ def test_stage_audio_encoder_starts_from_a_weights_file(tmp_path: Path, capsys) 
 
 @pytest.mark.parametrize("ast_layout", [False, True])
 def test_audio_init_from_vit_checkpoint(tmp_path: Path, ast_layout: bool) -> None:
-    # an ImageNet ViT (4x4 grid, one prefix token) or an AST-like checkpoint ("module.v.", cls + dist tokens)
+    # an ImageNet ViT (4x4 grid, one prefix token) or an AST-like checkpoint ("module.v.", cls + dist tokens, and
+    # AudioSet's classifier beside the encoder as "module.mlp_head.*", as in the released AST files)
     vit = timm.create_model("vit_tiny_patch16_224", num_classes=0, img_size=64, embed_dim=32, depth=2, num_heads=2)
     sd = vit.state_dict()
     if ast_layout:
@@ -425,6 +426,7 @@ def test_audio_init_from_vit_checkpoint(tmp_path: Path, ast_layout: bool) -> Non
         pos = sd["pos_embed"]  # AST order: cls, dist, grid
         sd["pos_embed"] = torch.cat([pos[:, :1], torch.zeros(1, 1, 32), pos[:, 1:]], dim=1)
         sd = {f"module.v.{k}": v for k, v in sd.items()}
+        sd.update({"module.mlp_head.0.weight": torch.ones(32), "module.mlp_head.1.weight": torch.zeros(527, 32)})
     path = tmp_path / "vit.pt"
     torch.save(sd, path)
     enc = _audio("clip")  # one second = 2x2 patches

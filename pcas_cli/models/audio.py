@@ -23,7 +23,7 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from pcas_cli.errors import PcasError, fail
-from pcas_cli.models.visual import LoadReport, read_state_dict
+from pcas_cli.models.visual import LoadReport, read_state_dict, strip_prefixes
 
 Context = Literal["clip", "second"]
 
@@ -405,9 +405,7 @@ def load_audio_weights(encoder: AudioEncoder, path: Path) -> LoadReport:
     path = Path(path)
     sd = read_state_dict(path)
     own = encoder.state_dict()
-    for prefix in ("module.v.", "module.", "v.", "audio_encoder.", "audio.", "model."):
-        if sd and all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    sd = strip_prefixes(sd, set(own), ("module.", "v.", "audio_encoder.", "audio.", "model."))
     if "patch_embed.proj.weight" in sd:
         sd = _from_vit_layout(sd, encoder)
     usable = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}

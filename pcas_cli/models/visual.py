@@ -221,10 +221,13 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
     return obj
 
 
-def _strip_prefixes(sd: dict[str, Tensor], model_keys: set[str]) -> dict[str, Tensor]:
+def strip_prefixes(sd: dict[str, Tensor], model_keys: set[str],
+                   prefixes: tuple[str, ...] = ("module.", "visual.", "backbone.", "model.", "encoder.")
+                   ) -> dict[str, Tensor]:
     """Drop wrapper prefixes ("module." from DDP, "visual.backbone." from a pcas checkpoint, "backbone." from a saved
-    VisualEncoder) when that helps match."""
-    for prefix in ("module.", "visual.", "backbone.", "model.", "encoder."):
+    VisualEncoder) when that helps match: from every key when all have it, else, when no key matches the model yet,
+    keep only the keys under it (e.g. AST's "v." encoder beside its "mlp_head." classifier)."""
+    for prefix in prefixes:
         if sd and all(k.startswith(prefix) for k in sd):
             sd = {k[len(prefix):]: v for k, v in sd.items()}
         elif not any(k in model_keys for k in sd) and any(k.startswith(prefix) for k in sd):
@@ -244,7 +247,7 @@ def load_backbone_weights(model: nn.Module, path: Path) -> LoadReport:
     path = Path(path)
     sd = read_state_dict(path)
     own = model.state_dict()
-    sd = _strip_prefixes(sd, set(own))
+    sd = strip_prefixes(sd, set(own))
     filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
     if filter_fn is not None:
         try:
