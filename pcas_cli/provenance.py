@@ -84,12 +84,12 @@ def make_provenance(stage: str, config: Mapping[str, Any], seed: int | None,
         "seed": seed,
         "code_version": code_version(),
         "libraries": library_versions(),
-        "threads": _torch_threads(),  # CPU reductions can depend on it, so it belongs to "same seed, same numbers"
+        "threads": torch_threads(),  # CPU reductions can depend on it, so it belongs to "same seed, same numbers"
         "inputs": dict(inputs),
     }
 
 
-def _torch_threads() -> int:
+def torch_threads() -> int:
     import torch
 
     return torch.get_num_threads()

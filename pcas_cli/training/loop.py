@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from pcas_cli.config import to_dict
 from pcas_cli.console import CONSOLE, progress
 from pcas_cli.errors import PcasError
-from pcas_cli.provenance import library_versions, source_fingerprint
+from pcas_cli.provenance import library_versions, source_fingerprint, torch_threads
 from pcas_cli.seed import seed_everything
 from pcas_cli.training import distributed as D
 from pcas_cli.training.checkpoint import (FORMAT, FORMAT_VERSION, capture_rng, check_same_run, cpu_state,
@@ -449,7 +449,7 @@ def _environment(run: _Run) -> dict[str, Any]:
     device type (a CPU run continued on CUDA would mix the two's rounding) and torch's CPU threads (its reductions
     may split differently)."""
     return {"code": _SOURCE, "libraries": library_versions(), "device": run.info.device.type,
-            "threads": torch.get_num_threads()}
+            "threads": torch_threads()}
 
 
 def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
