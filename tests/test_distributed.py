@@ -59,3 +59,13 @@ def test_two_processes_match_one_and_resume_exactly(tmp_path):
     assert all(torch.equal(again[k], rank0[k]) for k in rank0)
     assert load_checkpoint(resumed / "ckpt" / "toy.pt")["artifact_id"] == load_checkpoint(ddp / "ckpt" / "toy.pt")[
         "artifact_id"]
+
+
+def test_a_non_finite_loss_on_one_rank_stops_every_rank_with_the_error(tmp_path):
+    # Rank 1's loss is NaN at step 2 (a logged step). Both ranks must raise the one-line error themselves: rank 0 is
+    # the one whose output a user reads, and it must not be left to the launcher's SIGTERM or a collective's timeout.
+    done = _run(tmp_path, 2, "--nan-at-step", "2", "--nan-rank", "1")
+    assert done.returncode != 0
+    for rank in (0, 1):
+        message = (tmp_path / f"error-rank{rank}.txt").read_text()
+        assert "non-finite at step 2 on 1 of 2 processes" in message, message

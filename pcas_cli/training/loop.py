@@ -315,10 +315,18 @@ def _to_device(x: Any, device: torch.device) -> Any:
 
 
 def _finite_items(run: _Run, terms: dict[str, torch.Tensor]) -> dict[str, float]:
+    """This step's loss terms as floats; raises on every rank when any rank's are non-finite.
+
+    Ranks stop together so that rank 0, the one that logs, reports it, instead of the launcher killing it because
+    another rank failed (or, outside torchrun, the others waiting in the next gradient all-reduce until the timeout).
+    """
     values = {k: float(v) for k, v in terms.items()}
-    if not all(math.isfinite(v) for v in values.values()):
-        raise PcasError(f"{run.name}: the loss became non-finite at step {run.step} ({values}); lower the learning "
-                        "rate or set clip_grad_norm")
+    bad_here = not all(math.isfinite(v) for v in values.values())
+    bad_ranks = int(D.all_reduce_sum(torch.tensor(float(bad_here), device=run.info.device)))
+    if bad_ranks:
+        where = f" on {bad_ranks} of {run.info.world_size} processes" if run.info.distributed else ""
+        raise PcasError(f"{run.name}: the loss became non-finite at step {run.step}{where} (this process: {values}); "
+                        "lower the learning rate or set clip_grad_norm")
     return values
 
 
