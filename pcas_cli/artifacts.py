@@ -311,6 +311,14 @@ def read_predictions(path: Path | str) -> ArtifactReader:
     return ArtifactReader(path, "predictions")
 
 
+def require_masks(features: ArtifactReader, why: str) -> None:
+    """Refuse a features split extracted without ground truth (`pcas extract --test-without-masks`, meta "unscored")
+    where masks are needed: scoring, or a diagnostic that reads them."""
+    if features.meta.get("unscored"):
+        raise fail(features.path, f"extracted with --test-without-masks: its frames have no ground-truth masks, so "
+                                  f"{why}")
+
+
 def describe(path: Path | str) -> dict[str, Any]:
     """Kind, size, dims, meta and provenance of any artifact (for `pcas info`)."""
     path = Path(path)

@@ -203,11 +203,14 @@ def extract(
     image_size: Optional[int] = typer.Option(None, help="frame size in pixels (square) (config default: 80)"),
     limit: Optional[int] = typer.Option(None, help="at most this many clips per split, 0 = all (config default: 0)"),
     labels_csv: Optional[str] = typer.Option(None, help="MS3 only: AVSS metadata.csv with video labels"),
+    test_without_masks: Optional[bool] = typer.Option(
+        None, "--test-without-masks/--test-with-masks",
+        help="your own videos: test frames may lack masks (labelled, never scored) (config default: with)"),
     config: Optional[Path] = ConfigOpt, preset: Optional[str] = PresetOpt, set_: Optional[List[str]] = SetOpt,
 ) -> None:
     """Features: resized frames, per-second AST fbank, video labels, masks (for scoring) -> HDF5 per split."""
     _call("extract", config, preset, set_, layout=layout, root=root, run=run, image_size=image_size, limit=limit,
-          labels_csv=labels_csv)
+          labels_csv=labels_csv, test_without_masks=test_without_masks)
 
 
 @app.command("train-visual")
@@ -411,6 +414,20 @@ def compare(
     from pcas_cli.stages.compare import CompareConfig, run as compare_run
 
     compare_run(CompareConfig(reference=reference, others=tuple(others), resamples=resamples, seed=seed))
+
+
+@app.command()
+def export(
+    predictions: Path = typer.Option(..., help="predictions artifact (e.g. data/runs/synth-avss/crf/test.h5)"),
+    features: Path = typer.Option(..., help="the same split's features artifact (its frames)"),
+    out: Path = typer.Option(..., help="folder to write: <clip_id>/masks/{t}.png, <clip_id>/overlays/{t}.png"),
+    overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="also write frames with the mask blended in"),
+    alpha: float = typer.Option(0.5, help="opacity of the mask colours in the overlays"),
+) -> None:
+    """Predictions -> one PNG mask per frame (class-index palette PNG, or 0/255 for binary data) and overlays."""
+    from pcas_cli.stages.export import ExportConfig, run as export_run
+
+    export_run(ExportConfig(predictions=predictions, features=features, out=out, overlays=overlays, alpha=alpha))
 
 
 @app.command()

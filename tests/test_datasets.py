@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -221,6 +222,33 @@ def test_missing_val_or_test_masks_are_errors_not_unscored_frames(tmp_path):
     with pytest.raises(PcasError, match=r"vidval00001_3\.png: mask not found; every val frame"):
         open_dataset("s4", s4).load("vidval00001")
     assert open_dataset("s4", s4).load("vidtrain001").mask_valid.tolist() == [True] + [False] * 4
+
+
+def test_own_videos_test_split_without_masks_is_extracted_unscored(tmp_path):
+    """`pcas extract --test-without-masks`: test frames may lack masks (labelled, never scored); val still may not."""
+    from pcas_cli.artifacts import read_features, require_masks
+    from pcas_cli.stages.extract import ExtractConfig, run as extract
+
+    root = _avss_tree(tmp_path / "avss")  # V1M is the test clip
+    shutil.rmtree(root / "v1m" / V1M / "labels_rgb")
+    with pytest.raises(PcasError, match=r"labels_semantic/0\.png: mask not found .*every test frame"):
+        open_dataset("avss", root).load(V1M)
+    assert not open_dataset("avss", root, unscored=("test",)).load(V1M).mask_valid.any()
+    s4 = _s4_tree(tmp_path / "s4")
+    (s4 / "s4_data/gt_masks/val/helicopter/vidval00001/vidval00001_3.png").unlink()
+    assert open_dataset("s4", s4, unscored=("val",)).load("vidval00001").mask_valid.tolist() == [True] * 2 + [
+        False] + [True] * 2
+
+    cfg = ExtractConfig(layout="avss", root=root, run=tmp_path / "run", image_size=8, test_without_masks=True)
+    test, val = extract(cfg)[2], tmp_path / "run" / "features" / "val.h5"
+    assert read_features(test).meta["unscored"] and "unscored" not in read_features(val).meta
+    with pytest.raises(PcasError, match=r"test\.h5: extracted with --test-without-masks: .*nothing to score"):
+        require_masks(read_features(test), "there is nothing to score")
+    require_masks(read_features(val), "there is nothing to score")  # val is scored: no error
+    shutil.rmtree(root / "v2" / V2 / "labels_rgb")
+    shutil.rmtree(root / "v2" / V2 / "labels_semantic")
+    with pytest.raises(PcasError, match=r"labels_semantic/0\.png: mask not found .*every val frame"):
+        extract(cfg)  # val chooses the thresholds: its masks stay required
 
 
 def test_a_csv_that_is_not_utf8_is_one_clear_error(tmp_path):

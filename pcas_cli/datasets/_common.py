@@ -43,6 +43,12 @@ def read_rgb(path: Path, what: str = "frame") -> np.ndarray:
     return np.asarray(_open_image(path, what).convert("RGB"), dtype=np.uint8)
 
 
+def scored(split: str, unscored: frozenset[str]) -> bool:
+    """Whether every frame of `split` needs a mask: val / test frames are scored, unless the split was declared
+    unscored (your own videos, labelled but not scored)."""
+    return split != "train" and split not in unscored
+
+
 def read_index_png(path: Path, what: str = "class-index mask") -> np.ndarray:
     """Read a class-index PNG (mode L or P: the stored values/indices are the class ids) as (H, W) uint8."""
     im = _open_image(path, what)

@@ -13,10 +13,10 @@ Layout (docs/reference/avsbench-facts.md, section 1):
         visible_semantic/{i}.png      pcas extension (generated data only): every visible object, class index
 
 A train frame has a mask when one of its mask files exists (v1s train clips have only `0.png`); a val / test frame
-without one is an error (it would be scored). Masks whose size differs from their frame are resized to the frame with
-nearest neighbour. Video-level labels come from `a_obj`; its known quirks are handled: `off-the-screen` and
-`background` are not classes and are skipped, and a name with stray spaces (`h orse`) is accepted when removing the
-spaces gives a known class.
+without one is an error (it would be scored), except in the splits named `unscored` (your own videos: labelled,
+never scored). Masks whose size differs from their frame are resized to the frame with nearest neighbour. Video-level
+labels come from `a_obj`; its known quirks are handled: `off-the-screen` and `background` are not classes and are
+skipped, and a name with stray spaces (`h orse`) is accepted when removing the spaces gives a known class.
 """
 
 from __future__ import annotations
@@ -120,9 +120,11 @@ class AVSSAdapter:
     Args:
         root: the folder holding metadata.csv and label2idx.json.
         subsets: which `label` values to include (any of v1s, v1m, v2); default all three.
+        unscored: splits whose frames may lack masks (mask_valid False): they can be labelled but not scored.
     """
 
-    def __init__(self, root: Path, subsets: Sequence[str] = tuple(SUBSET_FRAMES)) -> None:
+    def __init__(self, root: Path, subsets: Sequence[str] = tuple(SUBSET_FRAMES), unscored: Sequence[str] = ()
+                 ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise fail(self.root, "dataset root does not exist")
@@ -131,6 +133,7 @@ class AVSSAdapter:
         if bad:
             raise PcasError(f"unknown AVSS subset(s) {', '.join(bad)}; expected some of v1s, v1m, v2")
         self.subsets = subsets
+        self.unscored = frozenset(unscored)
         self.csv_path = self.root / "metadata.csv"
         self.label2idx_path = self.root / "label2idx.json"
         classes = read_label2idx(self.label2idx_path)
@@ -180,7 +183,7 @@ class AVSSAdapter:
             m = self._mask(d, i, hw)
             if m is not None:
                 masks[i], valid[i] = m, True
-            elif row.split != "train":  # every val / test frame is scored
+            elif io.scored(row.split, self.unscored):
                 raise fail(d / "labels_semantic" / f"{i}.png", f"mask not found (nor labels_rgb/{i}.png); every "
                                                                f"{row.split} frame needs one (its frames are scored)")
         wave, sr = io.read_wav(d / "audio.wav")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from pcas_cli.datasets import _common as io
 from pcas_cli.datasets.avss import read_label2idx, read_metadata
@@ -42,10 +42,12 @@ class MS3Adapter:
     Args:
         root: the `Multi-sources/` folder holding ms3_meta_data.csv and ms3_data/.
         labels_csv: AVSS-format metadata.csv with the video-level labels (default `<root>/metadata.csv`).
+        unscored: splits whose frames may lack masks (mask_valid False): they can be labelled but not scored.
     """
 
-    def __init__(self, root: Path, labels_csv: Path | str | None = None) -> None:
+    def __init__(self, root: Path, labels_csv: Path | str | None = None, unscored: Sequence[str] = ()) -> None:
         self.root = Path(root)
+        self.unscored = frozenset(unscored)
         if not self.root.is_dir():
             raise fail(self.root, "dataset root does not exist")
         self.csv_path = self.root / "ms3_meta_data.csv"
@@ -112,7 +114,8 @@ class MS3Adapter:
         paths = [frame_dir / f"{r.name}.mp4_{k}.png" for k in range(1, MS3_FRAMES + 1)]
         frames = io.stack_frames([io.read_rgb(p) for p in paths], paths)  # (T, H, W, 3)
         masks, valid = read_binary_masks([mask_dir / f"{r.name}_{k}.png" for k in range(1, MS3_FRAMES + 1)],
-                                         frames.shape[1:3], r.split)
+                                         frames.shape[1:3], r.split,
+                                         io.scored(r.split, self.unscored))
         wave, sr = io.read_wav(wav)
         return Sample(clip_id=r.name, split=r.split, subset="ms3", frames=frames, waveform=wave, sample_rate=sr,
                       labels=io.multi_hot(r.names, self.info.classes), masks=masks, mask_valid=valid)

@@ -9,7 +9,8 @@ Layout (docs/reference/avsbench-facts.md, section 1), under `avsbench_data/Singl
 
 Masks are 0/255 PNGs and become {0, 1} (grey >= 128 is foreground); a mask whose size differs from its frame is
 resized to the frame with nearest neighbour. A train frame has a mask when its mask file exists, so S4 train clips
-come out with mask_valid = [T, F, F, F, F]; a val / test frame without its mask file is an error (it would be scored).
+come out with mask_valid = [T, F, F, F, F]; a val / test frame without its mask file is an error (it would be scored),
+except in the splits named `unscored` (your own videos: labelled, never scored).
 
 Classes: the 23 official categories in their official order. If the CSV names a category outside that list (e.g. a
 generated data set in this layout), the class list is instead the sorted unique categories of the whole CSV (all
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -50,10 +51,12 @@ class S4Adapter:
 
     Args:
         root: the `Single-source/` folder holding s4_meta_data.csv and s4_data/.
+        unscored: splits whose frames may lack masks (mask_valid False): they can be labelled but not scored.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, unscored: Sequence[str] = ()) -> None:
         self.root = Path(root)
+        self.unscored = frozenset(unscored)
         if not self.root.is_dir():
             raise fail(self.root, "dataset root does not exist")
         self.csv_path = self.root / "s4_meta_data.csv"
@@ -102,7 +105,8 @@ class S4Adapter:
         paths = [frame_dir / f"{r.name}_{k}.png" for k in range(1, S4_FRAMES + 1)]
         frames = io.stack_frames([io.read_rgb(p) for p in paths], paths)  # (T, H, W, 3)
         masks, valid = read_binary_masks([mask_dir / f"{r.name}_{k}.png" for k in range(1, S4_FRAMES + 1)],
-                                         frames.shape[1:3], r.split)
+                                         frames.shape[1:3], r.split,
+                                         io.scored(r.split, self.unscored))
         wave, sr = io.read_wav(wav)
         return Sample(clip_id=r.name, split=r.split, subset="s4", frames=frames, waveform=wave, sample_rate=sr,
                       labels=io.multi_hot([r.category], self.info.classes), masks=masks, mask_valid=valid)
@@ -116,17 +120,18 @@ class S4Adapter:
         return io.iter_samples(self, split)
 
 
-def read_binary_masks(paths: list[Path], hw: tuple[int, int], split: str) -> tuple[np.ndarray, np.ndarray]:
+def read_binary_masks(paths: list[Path], hw: tuple[int, int], split: str, required: bool
+                      ) -> tuple[np.ndarray, np.ndarray]:
     """Read the per-frame 0/255 masks: ((T, H, W) uint8 {0,1}, (T,) bool mask_valid).
 
     Train frames may lack masks (S4 train has only the first; weak supervision needs none). Every val / test frame
-    is scored, so a missing one is an error rather than a frame silently left out of the metric.
+    is scored (`required`), so a missing one is an error rather than a frame silently left out of the metric.
     """
     masks = np.zeros((len(paths), *hw), np.uint8)
     valid = np.zeros(len(paths), bool)
     for t, p in enumerate(paths):
         if p.is_file():
             masks[t], valid[t] = io.fit_mask(io.read_binary_png(p), hw), True
-        elif split != "train":
+        elif required:
             raise fail(p, f"mask not found; every {split} frame needs one (its frames are scored)")
     return masks, valid

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 from rich.table import Table
 
-from pcas_cli.artifacts import ArtifactReader, read_features, read_predictions
+from pcas_cli.artifacts import ArtifactReader, read_features, read_predictions, require_masks
 from pcas_cli.config import to_dict
 from pcas_cli.console import CONSOLE, progress
 from pcas_cli.errors import PcasError, fail
@@ -147,6 +147,7 @@ def score(features: ArtifactReader, predictions: ArtifactReader, f_batch_frames:
         metrics.bootstrap_miou). All scores are fractions in [0, 1].
     """
     task = check_compatible(features, predictions)
+    require_masks(features, "there is nothing to score (`pcas export` writes the predicted masks as images)")
     classes = ["background", *(["sounding"] if task == "binary" else list(features.meta["classes"]))]
     if task == "binary":
         miou, fs = BinaryMIoU(f_batch_frames), BinaryFScore(f_batch_frames)

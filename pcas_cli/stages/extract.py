@@ -34,6 +34,9 @@ class ExtractConfig:
     subsets: tuple[str, ...] = ()  # AVSS only: keep these of v1s/v1m/v2 (empty = all)
     labels_csv: str = ""  # MS3 only: AVSS-format metadata.csv with the video-level labels (default <root>/metadata.csv)
     limit: int = 0  # extract at most this many clips per split (0 = all); for quick trials
+    test_without_masks: bool = False  # your own videos: test frames may lack masks. They are labelled as usual
+    # (pseudo-label, crf, train-seg; `pcas export` writes the masks as images) but never scored; val keeps its masks,
+    # since the thresholds are chosen on them
     fbank: FbankParams = field(default_factory=FbankParams)  # AST fbank parameters
 
     def __post_init__(self) -> None:
@@ -49,6 +52,8 @@ def _adapter_options(cfg: ExtractConfig) -> dict:
         opts["subsets"] = cfg.subsets
     if cfg.labels_csv:
         opts["labels_csv"] = Path(cfg.labels_csv)
+    if cfg.test_without_masks:
+        opts["unscored"] = ("test",)
     return opts
 
 
@@ -96,6 +101,8 @@ def extract_split(adapter, split: str, cfg: ExtractConfig) -> Path:
             "M": cfg.fbank.num_mel_bins, "C": len(info.classes)}
     meta = {"dataset": info.name, "layout": cfg.layout, "task": info.task, "classes": list(info.classes),
             "split": split, "has_visible": has_visible, "fbank": to_dict(cfg.fbank), "root": str(adapter.root)}
+    if cfg.test_without_masks and split == "test":
+        meta["unscored"] = True  # artifacts.require_masks: eval and the oracle diagnostic refuse it
     prov = make_provenance("extract", to_dict(cfg), None, {f"{cfg.layout}:{split}": adapter.fingerprint(split)})
     out = Path(cfg.run) / "features" / f"{split}.h5"
     with ArtifactWriter(out, "features", dims, meta, prov) as writer, progress() as bar:

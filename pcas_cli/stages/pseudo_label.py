@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pcas_cli.artifacts import ArtifactReader, read_predictions
+from pcas_cli.artifacts import ArtifactReader, read_predictions, require_masks
 from pcas_cli.cam import cam_to_scores, mask_absent, multiscale_cam, normalize_cam, scores_to_probs
 from pcas_cli.console import CONSOLE, progress
 from pcas_cli.errors import PcasError
@@ -105,6 +105,10 @@ class MapMaker:
 
     def __init__(self, cfg: PseudoLabelConfig, features: ArtifactReader, device: torch.device) -> None:
         self.cfg, self.features, self.device = cfg, features, device
+        if cfg.oracle_presence and cfg.split == "train":
+            raise PcasError("oracle_presence is a val / test diagnostic; train pseudo-labels come from the listener")
+        if cfg.oracle_presence:
+            require_masks(features, "oracle_presence has no true sounding classes to read")
         ckpt_dir = run_paths(cfg.run)["ckpt"]
         self.model, wck = visual_from_checkpoint(ckpt_dir / f"{cfg.weights}.pt")
         self.model = self.model.to(device).eval()
@@ -116,8 +120,6 @@ class MapMaker:
             self.inputs.update(ids)
         if cfg.mode == "similarity" and not (self.cache is not None and self.model.has_projections):
             raise PcasError("similarity mode needs a listener and weights with projection heads (align / refine)")
-        if cfg.oracle_presence and cfg.split == "train":
-            raise PcasError("oracle_presence is a val / test diagnostic; train pseudo-labels come from the listener")
         # CAM mode with a listener and projection heads can sharpen CAMs by the audio-patch similarity
         self.sharpens = cfg.mode == "cam" and self.cache is not None and self.model.has_projections
         # a listener's presence can be gated by the visual classifier (not the visual-only baseline's, not the oracle)
