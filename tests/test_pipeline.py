@@ -74,6 +74,35 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base / "run"
 
 
+def test_own_videos_without_test_masks_are_labelled_and_exported_not_scored(run_dir: Path, tmp_path: Path) -> None:
+    """The README's own-videos path on a trained run: its test clips lose their masks, `extract --test-without-masks`
+    reads them anyway, pseudo-label and crf label them, export writes the PNGs, and eval refuses in one line."""
+    import csv
+
+    raw, run = tmp_path / "raw", tmp_path / "run"
+    shutil.copytree(run_dir.parent / "raw", raw)
+    shutil.copytree(run_dir, run)
+    with (raw / "metadata.csv").open() as f:
+        tests = [row for row in csv.DictReader(f) if row["split"] == "test"]
+    for row in tests:
+        for kind in ("labels_semantic", "labels_rgb"):
+            shutil.rmtree(raw / row["label"] / row["uid"] / kind, ignore_errors=True)
+    pcas("extract", "--layout", "avss", "--root", str(raw), "--run", str(run), "--image-size", "32",
+         "--test-without-masks", "--set", 'splits=["test"]')
+    assert not read_features(run / "features/test.h5").read("mask_valid", slice(None)).any()
+    pcas("pseudo-label", "--run", str(run), "--device", "cpu", "--set", "scales=[1.0]", "--split", "test")
+    pcas("crf", "--features", str(run / "features/test.h5"), "--predictions", str(run / "pseudo/test.h5"),
+         "--out", str(run / "crf/test.h5"), "--workers", "1")
+    pcas("export", "--predictions", str(run / "crf/test.h5"), "--features", str(run / "features/test.h5"),
+         "--out", str(tmp_path / "export"))
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == sorted([r["uid"] for r in tests] +
+                                                                            ["export.json"])
+    refused = CliRunner().invoke(app, ["eval", "--features", str(run / "features/test.h5"), "--predictions",
+                                       str(run / "crf/test.h5")])
+    assert isinstance(refused.exception, PcasError) and "extracted with --test-without-masks" in str(
+        refused.exception), refused.output  # main() prints it as one line and exits 2 (tests/test_cli.py)
+
+
 def test_every_stage_writes_its_artifact(run_dir: Path) -> None:
     for rel in ("ckpt/visual.pt", "ckpt/tvp.pt", "ckpt/ast.pt", "ckpt/align.pt", "ckpt/refine.pt",
                 "ckpt/supervised.pt", "pseudo/val.h5", "pseudo/test.h5", "crf/test.h5", "metrics/audio-tvp.json",
