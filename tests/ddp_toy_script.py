@@ -46,7 +46,8 @@ class Toy(TrainTask):
         x, y = batch
         self.steps += 1
         mse = ((model(x).squeeze(-1) - y) ** 2).mean()
-        return {"mse": mse * float("nan") if self.steps == self.nan_at_step else mse}  # a mean: DDP's gradient average = global mean
+        # a mean: DDP's gradient average = the global mean
+        return {"mse": mse * float("nan") if self.steps == self.nan_at_step else mse}
 
     def evaluate(self, model):
         x, y = self.data.tensors
@@ -69,7 +70,7 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"error-rank{rank}.txt").write_text(str(e))
         raise SystemExit(1)
-    torch.save(task.model.state_dict(), args.out / f"rank{os.environ.get('RANK', '0')}.pt")
+    torch.save(task.model.state_dict(), args.out / f"rank{rank}.pt")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from pcas_cli.stages.evaluate import check_compatible
 from pcas_cli.writing import write_json
 
 MANIFEST = "export.json"
+PALETTE = voc_palette(256).reshape(-1).tolist()  # flat [r, g, b, ...] for PIL's putpalette, built once
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def mask_image(mask: np.ndarray, task: str) -> Image.Image:
     if task == "binary":
         return Image.fromarray(((mask > 0) * 255).astype(np.uint8))  # a 2-D uint8 array: mode L
     image = Image.fromarray(mask.astype(np.uint8))
-    image.putpalette(voc_palette(256).reshape(-1).tolist())  # L -> P: the values stay, now shown in colour
+    image.putpalette(PALETTE)  # L -> P: the values stay, now shown in colour
     return image
 
 
