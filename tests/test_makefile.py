@@ -68,8 +68,8 @@ def test_touching_eval_config_reruns_only_scoring(tmp_path: Path) -> None:
 def test_a_data_set_preset_applies_to_its_runs_only(tmp_path: Path) -> None:
     """stages/presets/avdigits.toml: every training / labelling stage of avdigits-* runs gets --preset avdigits; the
     synth runs neither get it nor rerun when it changes."""
-    _up_to_date_tree(tmp_path, "bench-avdigits")
-    out = _dry_run(tmp_path, "bench-avdigits", "-B")  # every command, as a fresh run would
+    _up_to_date_tree(tmp_path, "bench-avdigits-seg")
+    out = _dry_run(tmp_path, "bench-avdigits-seg", "-B")  # every command, as a fresh run would
     assert "pcas train-visual --run data/runs/avdigits-avss --preset avdigits" in out
     assert "pcas train-tvp --run data/runs/avdigits-avss --tvp --preset avdigits" in out
     assert "pcas refine --run data/runs/avdigits-avss --name refine-cmpc" in out
