@@ -204,9 +204,11 @@ $(RUNS)/%/metrics/oracle-listener.json: $(RUNS)/%/oracle-listener/test.h5 stages
 $(RUNS)/%/metrics/listeners.json: $$(call listeners,$$*) $$(call stage_cfg,$$*,diagnose)
 	$(PCAS) diagnose --run $(RUNS)/$* --set out=listeners $(PRESET)
 
-# Does TVP use what it sees? tvp.pt alone on val, prompted by each clip's own frames and by another clip's: Table 3.
-PROMPT_CHECK = --listener tvp --set 'co_listener=""' --set listening=false --set prompt_check=true --set out=tvp-prompts
-$(RUNS)/%/metrics/tvp-prompts.json: $(RUNS)/%/ckpt/tvp.pt $$(call stage_cfg,$$*,diagnose)
+# Does TVP use what it sees? tvp.pt alone on val, prompted by each clip's own frames and by another clip's; and is it
+# ahead of ast.pt beyond the noise of the val clips (paired bootstrap): Table 3.
+PROMPT_CHECK = --listener tvp --set 'co_listener=""' --set listening=false --set prompt_check=true \
+               --set paired_with=ast --set out=tvp-prompts
+$(RUNS)/%/metrics/tvp-prompts.json: $(RUNS)/%/ckpt/tvp.pt $(RUNS)/%/ckpt/ast.pt $$(call stage_cfg,$$*,diagnose)
 	$(PCAS) diagnose --run $(RUNS)/$* $(PROMPT_CHECK) $(PRESET)
 
 # "visible" needs the generator's visible-object maps, which only the AVSS layout stores.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 
@@ -47,3 +49,19 @@ def set_accuracy_by_sources(probs: np.ndarray, targets: np.ndarray, threshold: f
                    "exact": float(exact[rows].mean()) if rows.any() else None,
                    "top_n": float(ranked_first[rows].mean()) if rows.any() and name != "silent" else None}
             for name, rows in groups.items()}
+
+
+def paired_bootstrap_difference(score: Callable[[np.ndarray, np.ndarray], float], a: np.ndarray, b: np.ndarray,
+                                targets: np.ndarray, groups: np.ndarray, resamples: int, seed: int = 0) -> np.ndarray:
+    """score(a, targets) - score(b, targets) over `resamples` bootstrap draws of the groups (clips) with replacement,
+    both scored on the same drawn rows: a paired bootstrap, (resamples,). a, b, targets: (N, C) rows (seconds);
+    groups: (N,) the clip of each row. Whole clips are drawn because a clip's seconds are not independent draws
+    (as metrics.bootstrap_miou; the same seed draws the same clip indices)."""
+    ids, inverse = np.unique(groups, return_inverse=True)
+    rows_of = [np.flatnonzero(inverse == g) for g in range(len(ids))]
+    draws = np.random.default_rng(seed).integers(0, len(ids), size=(resamples, len(ids)))
+    out = np.empty(resamples)
+    for r, drawn in enumerate(draws):
+        rows = np.concatenate([rows_of[g] for g in drawn])
+        out[r] = score(a[rows], targets[rows]) - score(b[rows], targets[rows])
+    return out

@@ -382,3 +382,23 @@ def test_semantic_metrics_match_the_official_code():
         acc.update(pred[start:start + 5].numpy().astype(np.uint8), gt[start:start + 5].numpy().astype(np.uint8))
     r = acc.result()
     assert (r["miou"], r["fscore"]) == pytest.approx(official, abs=1e-6)
+
+
+def test_paired_bootstrap_difference_hand_computed():
+    """Whole clips are drawn (the seconds of a clip move together), both listeners are scored on the same draw, and
+    the draws are metrics.bootstrap_miou's for the same seed."""
+    from pcas_cli.metrics_cls import exact_set_accuracy, paired_bootstrap_difference
+
+    # clip 0: two seconds, a right and b wrong on both; clip 1: one second, both right
+    targets = np.array([[1, 0], [0, 1], [1, 0]])
+    a = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.1]])
+    b = np.array([[0.1, 0.9], [0.8, 0.2], [0.7, 0.1]])
+    clip = np.array([0, 0, 1])
+    diffs = paired_bootstrap_difference(exact_set_accuracy, a, b, targets, clip, resamples=50, seed=3)
+    draws = np.random.default_rng(3).integers(0, 2, size=(50, 2))
+    # a draw with k copies of clip 0 has 2k seconds where a leads and 2 - k copies of clip 1 where both are right
+    k = (draws == 0).sum(axis=1)
+    np.testing.assert_allclose(diffs, 2 * k / (2 * k + (2 - k)))
+    assert set(np.round(diffs, 6)) == {0.0, round(2 / 3, 6), 1.0}  # all three draws occur in 50: the check can fail
+    same = paired_bootstrap_difference(exact_set_accuracy, a, a, targets, clip, resamples=20)
+    assert np.all(same == 0.0)

@@ -359,7 +359,8 @@ def test_prompt_check_scores_tvp_with_its_own_and_another_clips_frames(run_dir: 
     torch.testing.assert_close(other[0], torch.sigmoid(out.logits[0]))
     assert not torch.allclose(own, other)  # the prompts reach the listener, so the check can fail
     pcas("diagnose", "--run", str(run_dir), "--device", "cpu", "--listener", "tvp", "--set", 'co_listener=""',
-         "--set", "listening=false", "--set", "prompt_check=true", "--set", "out=tvp-prompts")
+         "--set", "listening=false", "--set", "prompt_check=true", "--set", "paired_with=ast",
+         "--set", "out=tvp-prompts")
     report = json.loads((run_dir / "metrics/tvp-prompts.json").read_text())
     assert "train" not in report and "val" not in report  # listening=false: parts 1-2 (every train clip) skipped
     prompts = report["prompts"]
@@ -368,9 +369,21 @@ def test_prompt_check_scores_tvp_with_its_own_and_another_clips_frames(run_dir: 
     assert prompts["own"]["map"] == pytest.approx(trained["map"], abs=1e-6)
     assert prompts["own"]["exact_set"] == pytest.approx(trained["exact_acc"], abs=1e-6)
     assert 0.0 <= prompts["other_clip"]["map"] <= 1.0
+    # part 8: each listener alone scores as train-tvp scored it; the lead is their difference
+    paired, audio_only = report["paired"], json.loads((run_dir / "metrics/audio-ast.json").read_text())
+    assert paired["frames"] == trained["frames"] and paired["clips"] == len(feats)
+    for key, mine, theirs in (("map", "map", "map"), ("exact_set", "exact_acc", "exact_acc")):
+        s = paired[key]
+        assert s["listener"] == pytest.approx(trained[theirs], abs=1e-6)
+        assert s["paired_with"] == pytest.approx(audio_only[theirs], abs=1e-6)
+        assert s["difference"] == pytest.approx(s["listener"] - s["paired_with"])
+        assert s["difference_ci95"][0] <= s["difference_ci95"][1]
     with pytest.raises(PcasError, match="hears audio only"):
         pcas("diagnose", "--run", str(run_dir), "--device", "cpu", "--listener", "ast", "--set", 'co_listener=""',
              "--set", "prompt_check=true", "--set", "out=ast-prompts")
+    with pytest.raises(PcasError, match="paired_with names the examined listener itself"):
+        pcas("diagnose", "--run", str(run_dir), "--device", "cpu", "--listener", "ast", "--set", 'co_listener=""',
+             "--set", "listening=false", "--set", "paired_with=ast", "--set", "out=ast-ast")
 
 
 def test_vision_check_gates_the_listener_by_what_is_visible(run_dir: Path) -> None:

@@ -34,10 +34,14 @@
    *visible* in each train frame (clean frame-level labels, sounding or not), scored on val against the visible
    classes and against the video labels. It asks whether the backbone can learn the objects' appearance at all;
    the weakly supervised Looking encoder learns from noisier labels.
+8. Optional paired comparison (`--set paired_with=ast`): the listener and another one, each alone on val (a TVP
+   listener prompted by each clip's own frames), per-second mAP and exact-set accuracy, and the listener's lead with
+   a 95% paired bootstrap interval over the val clips (both scored on the same drawn clips). Table 3's "TVP improves
+   recognition" is a claim about 60-odd val clips; this says whether it is beyond their noise.
 
-A diagnostic, like scoring: it reads the masks of train (2, 3, 4) and val (1, 4, 5, 6), and the visible maps (3, 6, 7), to
-measure, and nothing it computes feeds back into the pipeline. Writes <run>/metrics/<out>.json (diagnose.json) and
-prints a table.
+A diagnostic, like scoring: it reads the masks of train (2, 3, 4) and val (1, 4, 5, 6, 8), and the visible maps
+(3, 6, 7), to measure, and nothing it computes feeds back into the pipeline. Writes <run>/metrics/<out>.json
+(diagnose.json) and prints a table.
 """
 
 from __future__ import annotations
@@ -57,7 +61,9 @@ from pcas_cli.config import to_dict
 from pcas_cli.console import CONSOLE, progress
 from pcas_cli.errors import PcasError
 from pcas_cli.losses import IGNORE, crop_labels_from_patch_labels, patch_audio_similarity
-from pcas_cli.metrics_cls import mean_average_precision, set_accuracy_by_sources
+from pcas_cli.metrics import BOOTSTRAP_RESAMPLES, percentile_interval
+from pcas_cli.metrics_cls import (exact_set_accuracy, mean_average_precision, paired_bootstrap_difference,
+                                  set_accuracy_by_sources)
 from pcas_cli.seed import seed_everything
 from pcas_cli.stages._common import (AudioCache, AudioModelConfig, VisualModelConfig, base_spec, build_audio,
                                      build_audio_cache, build_visual, classes_in_masks, frame_classes_from_masks,
@@ -86,6 +92,7 @@ class DiagnoseConfig:
     audio: AudioModelConfig = field(default_factory=AudioModelConfig)  # the probe's encoder (as train-tvp's)
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(time_mask=20, freq_mask=24))  # probe
     prompt_check: bool = False  # score the (TVP) listener alone on val with its own and another clip's frames (5.)
+    paired_with: str = ""  # another listener (ckpt/<name>.pt) compared with `listener`, both alone on val (8.)
     vision_check: bool = False  # the listener on val gated by the visible classes / by visual.pt's (6.)
     vision_exponents: tuple[float, ...] = (0.25, 0.5, 1.0)  # late fusion p_t * q_t ** a for each a (6.)
     visual_probe_steps: int = 0  # > 0: train a Looking encoder on the visible classes for this many steps (7.)
@@ -154,23 +161,54 @@ def listener_report(cfg: DiagnoseConfig, hearing: Hearing, split_targets: Target
     return out
 
 
-def prompt_report(cfg: DiagnoseConfig, device: torch.device, val_targets: tuple[np.ndarray, np.ndarray]
+AloneProbs = Callable[[str, int], tuple[np.ndarray, str, bool]]  # (name, prompt shift) -> what val_alone returns
+
+
+def val_alone(run: Path, device: torch.device, name: str, prompt_shift: int = 0) -> tuple[np.ndarray, str, bool]:
+    """ckpt/<name>.pt alone on val: per-second probabilities (N, T, C), the checkpoint's id and whether it is a TVP
+    listener (prompted by the frames of clip i + prompt_shift; an audio-only listener ignores the shift)."""
+    path = run_paths(run)["ckpt"] / f"{name}.pt"
+    audio, prompt_visual, ckpt = listener(path, device)
+    val = open_features(run, "val")
+    if prompt_shift and len(val) < 2:
+        raise PcasError(f"{val.path}: prompt_check needs at least two val clips to swap prompts between")
+    probs = build_audio_cache(val, audio, prompt_visual, device, desc=f"{name} on val, prompt shift {prompt_shift}",
+                              prompt_shift=prompt_shift).probs.numpy()
+    return probs, ckpt["artifact_id"], prompt_visual is not None
+
+
+def prompt_report(cfg: DiagnoseConfig, alone: AloneProbs, val_targets: tuple[np.ndarray, np.ndarray]
                   ) -> dict[str, Any]:
     """Does the TVP listener use what it sees (paper §3.1)? It alone, per second on val, prompted by each clip's own
     frames and by the next clip's frames (another scene, the same sounds)."""
-    path = run_paths(cfg.run)["ckpt"] / f"{cfg.listener}.pt"
-    audio, prompt_visual, ckpt = listener(path, device)
-    if prompt_visual is None:
-        raise PcasError(f"{path}: prompt_check needs a listener trained with TVP; this one hears audio only")
-    val = open_features(cfg.run, "val")
-    if len(val) < 2:
-        raise PcasError(f"{val.path}: prompt_check needs at least two val clips to swap prompts between")
+    own, listener_id, is_tvp = alone(cfg.listener, 0)
+    if not is_tvp:
+        raise PcasError(f"{run_paths(cfg.run)['ckpt'] / cfg.listener}.pt: prompt_check needs a listener trained with "
+                        "TVP; this one hears audio only")
     targets, has = val_targets
-    out: dict[str, Any] = {"listener": cfg.listener, "listener_id": ckpt["artifact_id"], "frames": int(has.sum())}
-    for key, shift in (("own", 0), ("other_clip", 1)):
-        probs = build_audio_cache(val, audio, prompt_visual, device, desc=f"prompts: {key}",
-                                  prompt_shift=shift).probs.numpy()
-        out[key] = second_scores(probs, targets, has, cfg.decision_threshold)
+    return {"listener": cfg.listener, "listener_id": listener_id, "frames": int(has.sum()),
+            "own": second_scores(own, targets, has, cfg.decision_threshold),
+            "other_clip": second_scores(alone(cfg.listener, 1)[0], targets, has, cfg.decision_threshold)}
+
+
+def paired_report(cfg: DiagnoseConfig, alone: AloneProbs, val_targets: tuple[np.ndarray, np.ndarray],
+                  resamples: int = BOOTSTRAP_RESAMPLES) -> dict[str, Any]:
+    """Is the listener ahead of `paired_with` beyond the noise of the val clips? Both alone on val, each score, and
+    listener - paired_with with its 95% interval from a paired bootstrap over the val clips."""
+    if cfg.paired_with == cfg.listener:
+        raise PcasError(f"diagnose: paired_with names the examined listener itself ({cfg.listener})")
+    (probs_a, id_a, _), (probs_b, id_b, _) = alone(cfg.listener, 0), alone(cfg.paired_with, 0)
+    targets, has = val_targets
+    clip_of_second = np.broadcast_to(np.arange(has.shape[0])[:, None], has.shape)[has]  # (S,)
+    a, b, y = probs_a[has], probs_b[has], targets[has]  # (S, C): the seconds with masks
+    out: dict[str, Any] = {"listener": cfg.listener, "paired_with": cfg.paired_with,
+                           "listener_ids": {cfg.listener: id_a, cfg.paired_with: id_b},
+                           "clips": int(has.any(-1).sum()), "frames": int(has.sum()), "resamples": resamples}
+    exact = functools.partial(exact_set_accuracy, threshold=cfg.decision_threshold)
+    for key, score in (("map", mean_average_precision), ("exact_set", exact)):
+        lead = paired_bootstrap_difference(score, a, b, y, clip_of_second, resamples, cfg.seed)
+        out[key] = {"listener": score(a, y), "paired_with": score(b, y), "difference": score(a, y) - score(b, y),
+                    "difference_ci95": percentile_interval(lead)}
     return out
 
 
@@ -458,6 +496,13 @@ def print_report(report: dict[str, Any]) -> None:
         table.add_row(f"{report['prompts']['listener']} alone, val mAP / exact set: own frames -> another clip's",
                       "", f"{own['map']:.3f} / {own['exact_set']:.2f} -> {other['map']:.3f} / {other['exact_set']:.2f}",
                       "")
+    if "paired" in report:
+        p = report["paired"]
+        for key, what in (("map", "mAP"), ("exact_set", "exact set")):
+            s, (lo, hi) = p[key], p[key]["difference_ci95"]
+            table.add_row(f"{p['listener']} alone - {p['paired_with']} alone, val {what} (paired 95% over "
+                          f"{p['clips']} clips)", "", f"{s['listener']:.3f} - {s['paired_with']:.3f} = "
+                          f"{s['difference']:+.3f} ({lo:+.3f} .. {hi:+.3f})", "")
     if "vision" in report:
         v = report["vision"]
         table.add_row("vision check: listener alone -> x visible classes (oracle), val mAP / exact set", "",
@@ -488,12 +533,15 @@ def run(cfg: DiagnoseConfig) -> Path:
         raise PcasError("diagnose: patch_labels needs a listener (the audio tokens CMPC compares patches with)")
     if cfg.vision_check and not cfg.listener:
         raise PcasError("diagnose: vision_check needs a listener (whose probabilities to gate)")
+    if cfg.paired_with and not cfg.listener:
+        raise PcasError("diagnose: paired_with needs a listener (to compare with it)")
     ckpt_dir = run_paths(cfg.run)["ckpt"]
     # Each split's masks are read, and each split listened to, at most once and only when a part asked for needs
     # them: the prompt check alone (Table 3's make rule) does not listen to the 2,000 train clips of AV-Digits.
     targets_of = functools.cache(lambda split: second_targets(open_features(cfg.run, split)))
     hearing_of = functools.cache(lambda split: listen(ckpt_dir, listener_names(cfg.listener, cfg.co_listener),
                                                       open_features(cfg.run, split), device, split))
+    alone = functools.cache(functools.partial(val_alone, cfg.run, device))  # (name, shift): each computed once
     splits = ("train", "val")
     if cfg.listener and cfg.listening:
         report.update(listener_report(cfg, {s: hearing_of(s) for s in splits}, {s: targets_of(s) for s in splits}))
@@ -503,7 +551,9 @@ def run(cfg: DiagnoseConfig) -> Path:
                                                      cfg.crop_ignored_scores, cfg.seed)
                                   for name in cfg.patch_labels]
     if cfg.prompt_check:
-        report["prompts"] = prompt_report(cfg, device, targets_of("val"))
+        report["prompts"] = prompt_report(cfg, alone, targets_of("val"))
+    if cfg.paired_with:
+        report["paired"] = paired_report(cfg, alone, targets_of("val"))
     if cfg.vision_check:
         report["vision"] = vision_report(cfg, hearing_of("val")[0], device, targets_of("val"))
     if cfg.probe_steps > 0:
