@@ -346,7 +346,9 @@ def test_diagnose_reports_listener_heard_frames_and_probe(run_dir: Path) -> None
 def test_prompt_check_scores_tvp_with_its_own_and_another_clips_frames(run_dir: Path) -> None:
     """Clip i heard with clip i+1's frames as TVP prompts; with its own frames the listener scores as train-tvp
     scored it; an audio-only listener is refused."""
-    from pcas_cli.stages._common import build_audio_cache, frames_to_tensor, listener, visual_prompts
+    from pcas_cli.metrics_cls import mean_average_precision
+    from pcas_cli.stages._common import (build_audio_cache, frames_to_tensor, listen, listener, second_targets,
+                                         visual_prompts)
 
     feats, cpu = read_features(run_dir / "features/val.h5"), torch.device("cpu")
     audio, prompt_visual, _ = listener(run_dir / "ckpt/tvp.pt", cpu)
@@ -370,14 +372,19 @@ def test_prompt_check_scores_tvp_with_its_own_and_another_clips_frames(run_dir: 
     assert prompts["own"]["exact_set"] == pytest.approx(trained["exact_acc"], abs=1e-6)
     assert 0.0 <= prompts["other_clip"]["map"] <= 1.0
     # part 8: each listener alone scores as train-tvp scored it; the lead is their difference
-    paired, audio_only = report["paired"], json.loads((run_dir / "metrics/audio-ast.json").read_text())
+    paired, audio_only = report["paired"]["val"], json.loads((run_dir / "metrics/audio-ast.json").read_text())
     assert paired["frames"] == trained["frames"] and paired["clips"] == len(feats)
-    for key, mine, theirs in (("map", "map", "map"), ("exact_set", "exact_acc", "exact_acc")):
+    for key, theirs in (("map", "map"), ("exact_set", "exact_acc")):
         s = paired[key]
         assert s["listener"] == pytest.approx(trained[theirs], abs=1e-6)
         assert s["paired_with"] == pytest.approx(audio_only[theirs], abs=1e-6)
         assert s["difference"] == pytest.approx(s["listener"] - s["paired_with"])
         assert s["difference_ci95"][0] <= s["difference_ci95"][1]
+    test = report["paired"]["test"]  # and on test, scored against its masks by hand
+    targets, has = second_targets(read_features(run_dir / "features/test.h5"))
+    ast_test = listen(run_dir / "ckpt", ("ast",), read_features(run_dir / "features/test.h5"), cpu, "test")[0]
+    assert test["map"]["paired_with"] == pytest.approx(
+        mean_average_precision(ast_test.probs.numpy()[has], targets[has]), abs=1e-6)
     with pytest.raises(PcasError, match="hears audio only"):
         pcas("diagnose", "--run", str(run_dir), "--device", "cpu", "--listener", "ast", "--set", 'co_listener=""',
              "--set", "prompt_check=true", "--set", "out=ast-prompts")

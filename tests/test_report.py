@@ -333,14 +333,17 @@ def test_table3_shows_tvp_prompted_with_another_clips_frames(tmp_path) -> None:
     assert f"| {label} | – | – | – | – | 0.550 | 0.250 |" in lines and data["tvp-other-prompts"]["avss"]["frames"] == 10
     assert not any(line.startswith("TVP's lead") for line in lines)
     # with `paired_with=ast` (part 8 of pcas diagnose) the lead and its paired interval follow the table
-    paired = {"clips": 6, "map": {"listener": 0.8, "paired_with": 0.7, "difference": 0.1,
-                                  "difference_ci95": [-0.02, 0.25]}}
+    paired = {"val": {"clips": 6, "map": {"listener": 0.8, "paired_with": 0.7, "difference": 0.1,
+                                          "difference_ci95": [-0.02, 0.25]}},
+              "test": {"clips": 5, "map": {"listener": 0.6, "paired_with": 0.65, "difference": -0.05,
+                                           "difference_ci95": [-0.1, 0.0]}}}
     (tmp_path / "x-avss/metrics/tvp-prompts.json").write_text(json.dumps(
         {"prompts": {"listener": "tvp", "frames": 10, "own": own, "other_clip": other}, "paired": paired}))
     lines, data = table3(cfg)
-    assert lines[-1] == ("TVP's lead over the audio-only listener, each alone, per-second val mAP with a 95% paired "
-                         "bootstrap interval over the val clips: AVSS +0.100 (-0.020 .. +0.250, 6 clips).")
-    assert data["tvp_lead_map"]["avss"]["difference_ci95"] == [-0.02, 0.25]
+    assert lines[-1] == ("TVP's lead over the audio-only listener, each alone, in per-second mAP with a 95% paired "
+                         "bootstrap interval over the clips (val chose each listener's epoch; test chose nothing): "
+                         "AVSS +0.100 (-0.020 .. +0.250) on 6 val clips, -0.050 (-0.100 .. +0.000) on 5 test clips.")
+    assert data["tvp_lead_map"]["avss"]["val"]["difference_ci95"] == [-0.02, 0.25]
 
 
 def test_a_timed_command_records_where_it_ran(tmp_path: Path, monkeypatch) -> None:

@@ -34,14 +34,15 @@
    *visible* in each train frame (clean frame-level labels, sounding or not), scored on val against the visible
    classes and against the video labels. It asks whether the backbone can learn the objects' appearance at all;
    the weakly supervised Looking encoder learns from noisier labels.
-8. Optional paired comparison (`--set paired_with=ast`): the listener and another one, each alone on val (a TVP
-   listener prompted by each clip's own frames), per-second mAP and exact-set accuracy, and the listener's lead with
-   a 95% paired bootstrap interval over the val clips (both scored on the same drawn clips). Table 3's "TVP improves
-   recognition" is a claim about 60-odd val clips; this says whether it is beyond their noise.
+8. Optional paired comparison (`--set paired_with=ast`): the listener and another one, each alone on val and on
+   test (a TVP listener prompted by each clip's own frames), per-second mAP and exact-set accuracy, and the
+   listener's lead with a 95% paired bootstrap interval over the clips (both scored on the same drawn clips).
+   Table 3's "TVP improves recognition" is a claim about 60-odd val clips; this says whether it is beyond their
+   noise, and whether it holds on test, which (unlike val) chose no listener's epoch.
 
-A diagnostic, like scoring: it reads the masks of train (2, 3, 4) and val (1, 4, 5, 6, 8), and the visible maps
-(3, 6, 7), to measure, and nothing it computes feeds back into the pipeline. Writes <run>/metrics/<out>.json
-(diagnose.json) and prints a table.
+A diagnostic, like scoring: it reads the masks of train (2, 3, 4), val (1, 4, 5, 6, 8) and test (8), and the
+visible maps (3, 6, 7), to measure, and nothing it computes feeds back into the pipeline. Writes
+<run>/metrics/<out>.json (diagnose.json) and prints a table.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ class DiagnoseConfig:
     audio: AudioModelConfig = field(default_factory=AudioModelConfig)  # the probe's encoder (as train-tvp's)
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(time_mask=20, freq_mask=24))  # probe
     prompt_check: bool = False  # score the (TVP) listener alone on val with its own and another clip's frames (5.)
-    paired_with: str = ""  # another listener (ckpt/<name>.pt) compared with `listener`, both alone on val (8.)
+    paired_with: str = ""  # another listener (ckpt/<name>.pt) compared with `listener`, both alone (8.)
     vision_check: bool = False  # the listener on val gated by the visible classes / by visual.pt's (6.)
     vision_exponents: tuple[float, ...] = (0.25, 0.5, 1.0)  # late fusion p_t * q_t ** a for each a (6.)
     visual_probe_steps: int = 0  # > 0: train a Looking encoder on the visible classes for this many steps (7.)
@@ -161,19 +162,20 @@ def listener_report(cfg: DiagnoseConfig, hearing: Hearing, split_targets: Target
     return out
 
 
-AloneProbs = Callable[[str, int], tuple[np.ndarray, str, bool]]  # (name, prompt shift) -> what val_alone returns
+AloneProbs = Callable[[str, str, int], tuple[np.ndarray, str, bool]]  # (split, name, shift) -> listened_alone's
 
 
-def val_alone(run: Path, device: torch.device, name: str, prompt_shift: int = 0) -> tuple[np.ndarray, str, bool]:
-    """ckpt/<name>.pt alone on val: per-second probabilities (N, T, C), the checkpoint's id and whether it is a TVP
-    listener (prompted by the frames of clip i + prompt_shift; an audio-only listener ignores the shift)."""
+def listened_alone(run: Path, device: torch.device, split: str, name: str, prompt_shift: int = 0
+                   ) -> tuple[np.ndarray, str, bool]:
+    """ckpt/<name>.pt alone on a split: per-second probabilities (N, T, C), the checkpoint's id and whether it is a
+    TVP listener (prompted by the frames of clip i + prompt_shift; an audio-only listener ignores the shift)."""
     path = run_paths(run)["ckpt"] / f"{name}.pt"
     audio, prompt_visual, ckpt = listener(path, device)
-    val = open_features(run, "val")
-    if prompt_shift and len(val) < 2:
-        raise PcasError(f"{val.path}: prompt_check needs at least two val clips to swap prompts between")
-    probs = build_audio_cache(val, audio, prompt_visual, device, desc=f"{name} on val, prompt shift {prompt_shift}",
-                              prompt_shift=prompt_shift).probs.numpy()
+    feats = open_features(run, split)
+    if prompt_shift and len(feats) < 2:
+        raise PcasError(f"{feats.path}: prompt_check needs at least two clips to swap prompts between")
+    probs = build_audio_cache(feats, audio, prompt_visual, device, prompt_shift=prompt_shift,
+                              desc=f"{name} on {split}, prompt shift {prompt_shift}").probs.numpy()
     return probs, ckpt["artifact_id"], prompt_visual is not None
 
 
@@ -181,34 +183,39 @@ def prompt_report(cfg: DiagnoseConfig, alone: AloneProbs, val_targets: tuple[np.
                   ) -> dict[str, Any]:
     """Does the TVP listener use what it sees (paper §3.1)? It alone, per second on val, prompted by each clip's own
     frames and by the next clip's frames (another scene, the same sounds)."""
-    own, listener_id, is_tvp = alone(cfg.listener, 0)
+    own, listener_id, is_tvp = alone("val", cfg.listener, 0)
     if not is_tvp:
         raise PcasError(f"{run_paths(cfg.run)['ckpt'] / cfg.listener}.pt: prompt_check needs a listener trained with "
                         "TVP; this one hears audio only")
     targets, has = val_targets
     return {"listener": cfg.listener, "listener_id": listener_id, "frames": int(has.sum()),
             "own": second_scores(own, targets, has, cfg.decision_threshold),
-            "other_clip": second_scores(alone(cfg.listener, 1)[0], targets, has, cfg.decision_threshold)}
+            "other_clip": second_scores(alone("val", cfg.listener, 1)[0], targets, has, cfg.decision_threshold)}
 
 
-def paired_report(cfg: DiagnoseConfig, alone: AloneProbs, val_targets: tuple[np.ndarray, np.ndarray],
+def paired_report(cfg: DiagnoseConfig, alone: AloneProbs, targets_of: Callable[[str], tuple[np.ndarray, np.ndarray]],
                   resamples: int = BOOTSTRAP_RESAMPLES) -> dict[str, Any]:
-    """Is the listener ahead of `paired_with` beyond the noise of the val clips? Both alone on val, each score, and
-    listener - paired_with with its 95% interval from a paired bootstrap over the val clips."""
+    """Is the listener ahead of `paired_with` beyond the noise of the clips? Both alone on val and on test (left out
+    where extracted without masks), each score, and listener - paired_with with its 95% interval from a paired
+    bootstrap over the split's clips."""
     if cfg.paired_with == cfg.listener:
         raise PcasError(f"diagnose: paired_with names the examined listener itself ({cfg.listener})")
-    (probs_a, id_a, _), (probs_b, id_b, _) = alone(cfg.listener, 0), alone(cfg.paired_with, 0)
-    targets, has = val_targets
-    clip_of_second = np.broadcast_to(np.arange(has.shape[0])[:, None], has.shape)[has]  # (S,)
-    a, b, y = probs_a[has], probs_b[has], targets[has]  # (S, C): the seconds with masks
-    out: dict[str, Any] = {"listener": cfg.listener, "paired_with": cfg.paired_with,
-                           "listener_ids": {cfg.listener: id_a, cfg.paired_with: id_b},
-                           "clips": int(has.any(-1).sum()), "frames": int(has.sum()), "resamples": resamples}
+    out: dict[str, Any] = {"listener": cfg.listener, "paired_with": cfg.paired_with, "resamples": resamples}
     exact = functools.partial(exact_set_accuracy, threshold=cfg.decision_threshold)
-    for key, score in (("map", mean_average_precision), ("exact_set", exact)):
-        lead = paired_bootstrap_difference(score, a, b, y, clip_of_second, resamples, cfg.seed)
-        out[key] = {"listener": score(a, y), "paired_with": score(b, y), "difference": score(a, y) - score(b, y),
-                    "difference_ci95": percentile_interval(lead)}
+    for split in ("val", "test"):
+        if split == "test" and open_features(cfg.run, split).meta.get("unscored"):
+            continue  # `extract --test-without-masks`: nothing to score against
+        (probs_a, id_a, _), (probs_b, id_b, _) = alone(split, cfg.listener, 0), alone(split, cfg.paired_with, 0)
+        out["listener_ids"] = {cfg.listener: id_a, cfg.paired_with: id_b}
+        targets, has = targets_of(split)
+        clip_of_second = np.broadcast_to(np.arange(has.shape[0])[:, None], has.shape)[has]  # (S,)
+        a, b, y = probs_a[has], probs_b[has], targets[has]  # (S, C): the seconds with masks
+        scores: dict[str, Any] = {"clips": int(has.any(-1).sum()), "frames": int(has.sum())}
+        for key, score in (("map", mean_average_precision), ("exact_set", exact)):
+            lead = paired_bootstrap_difference(score, a, b, y, clip_of_second, resamples, cfg.seed)
+            scores[key] = {"listener": score(a, y), "paired_with": score(b, y), "difference": score(a, y) - score(b, y),
+                           "difference_ci95": percentile_interval(lead)}
+        out[split] = scores
     return out
 
 
@@ -498,11 +505,12 @@ def print_report(report: dict[str, Any]) -> None:
                       "")
     if "paired" in report:
         p = report["paired"]
-        for key, what in (("map", "mAP"), ("exact_set", "exact set")):
-            s, (lo, hi) = p[key], p[key]["difference_ci95"]
-            table.add_row(f"{p['listener']} alone - {p['paired_with']} alone, val {what} (paired 95% over "
-                          f"{p['clips']} clips)", "", f"{s['listener']:.3f} - {s['paired_with']:.3f} = "
-                          f"{s['difference']:+.3f} ({lo:+.3f} .. {hi:+.3f})", "")
+        for split in ("val", "test"):
+            for key, what in (("map", "mAP"), ("exact_set", "exact set")) if split in p else ():
+                s, (lo, hi) = p[split][key], p[split][key]["difference_ci95"]
+                table.add_row(f"{p['listener']} alone - {p['paired_with']} alone, {split} {what} (paired 95% over "
+                              f"{p[split]['clips']} clips)", "", f"{s['listener']:.3f} - {s['paired_with']:.3f} = "
+                              f"{s['difference']:+.3f} ({lo:+.3f} .. {hi:+.3f})", "")
     if "vision" in report:
         v = report["vision"]
         table.add_row("vision check: listener alone -> x visible classes (oracle), val mAP / exact set", "",
@@ -541,7 +549,7 @@ def run(cfg: DiagnoseConfig) -> Path:
     targets_of = functools.cache(lambda split: second_targets(open_features(cfg.run, split)))
     hearing_of = functools.cache(lambda split: listen(ckpt_dir, listener_names(cfg.listener, cfg.co_listener),
                                                       open_features(cfg.run, split), device, split))
-    alone = functools.cache(functools.partial(val_alone, cfg.run, device))  # (name, shift): each computed once
+    alone = functools.cache(functools.partial(listened_alone, cfg.run, device))  # each listened to once
     splits = ("train", "val")
     if cfg.listener and cfg.listening:
         report.update(listener_report(cfg, {s: hearing_of(s) for s in splits}, {s: targets_of(s) for s in splits}))
@@ -553,7 +561,7 @@ def run(cfg: DiagnoseConfig) -> Path:
     if cfg.prompt_check:
         report["prompts"] = prompt_report(cfg, alone, targets_of("val"))
     if cfg.paired_with:
-        report["paired"] = paired_report(cfg, alone, targets_of("val"))
+        report["paired"] = paired_report(cfg, alone, targets_of)
     if cfg.vision_check:
         report["vision"] = vision_report(cfg, hearing_of("val")[0], device, targets_of("val"))
     if cfg.probe_steps > 0:

@@ -265,24 +265,28 @@ def table3(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
     heard_any = any(m is not None for scores in data.values() for m in scores.values())
     if heard_any and (lead := tvp_lead(cfg, layouts)):
         data["tvp_lead_map"] = lead
-        cells = [f"{name} {lead[layout]['difference']:+.3f} ({lead[layout]['difference_ci95'][0]:+.3f} .. "
-                 f"{lead[layout]['difference_ci95'][1]:+.3f}, {lead[layout]['clips']} clips)"
-                 for layout, name in layouts if layout in lead]
-        lines += ["", "TVP's lead over the audio-only listener, each alone, per-second val mAP with a 95% paired "
-                      "bootstrap interval over the val clips: " + "; ".join(cells) + "."]
+        lines += ["", "TVP's lead over the audio-only listener, each alone, in per-second mAP with a 95% paired "
+                      "bootstrap interval over the clips (val chose each listener's epoch; test chose nothing): "
+                      + "; ".join(f"{name} {_lead_cells(lead[layout])}" for layout, name in layouts
+                                  if layout in lead) + "."]
     return (lines, data) if heard_any else ([], {})
 
 
 def tvp_lead(cfg: ReportConfig, layouts: list[tuple[str, str]]) -> dict[str, dict[str, Any]]:
-    """layout -> TVP alone minus the audio-only listener alone in per-second val mAP, its 95% paired bootstrap
-    interval over the val clips and their number (`pcas diagnose --set paired_with=ast`, metrics/tvp-prompts.json),
-    for the layouts where it was measured."""
+    """layout -> split -> TVP alone minus the audio-only listener alone in per-second mAP, its 95% paired bootstrap
+    interval and the clips (`pcas diagnose --set paired_with=ast`, metrics/tvp-prompts.json), where measured."""
     lead = {}
     for layout, _ in layouts:
         paired = (metrics_of(cfg.runs, f"{cfg.prefix}-{layout}", "tvp-prompts") or {}).get("paired")
         if paired:
-            lead[layout] = {**paired["map"], "clips": paired["clips"]}
+            lead[layout] = {split: {**paired[split]["map"], "clips": paired[split]["clips"]}
+                            for split in ("val", "test") if split in paired}
     return lead
+
+
+def _lead_cells(by_split: dict[str, dict[str, Any]]) -> str:
+    return ", ".join(f"{s['difference']:+.3f} ({s['difference_ci95'][0]:+.3f} .. {s['difference_ci95'][1]:+.3f}) on "
+                     f"{s['clips']} {split} clips" for split, s in by_split.items())
 
 
 def listener_scores(runs: Path, run: str, stem: str) -> dict[str, Any] | None:
