@@ -205,7 +205,7 @@ $(RUNS)/%/metrics/listeners.json: $$(call listeners,$$*) $$(call stage_cfg,$$*,d
 	$(PCAS) diagnose --run $(RUNS)/$* --set out=listeners $(PRESET)
 
 # Does TVP use what it sees? tvp.pt alone on val, prompted by each clip's own frames and by another clip's; and is it
-# ahead of ast.pt beyond the noise of the val clips (paired bootstrap): Table 3.
+# ahead of ast.pt beyond the noise of the clips, on val and on test (paired bootstrap): Table 3.
 PROMPT_CHECK = --listener tvp --set 'co_listener=""' --set listening=false --set prompt_check=true \
                --set paired_with=ast --set out=tvp-prompts
 $(RUNS)/%/metrics/tvp-prompts.json: $(RUNS)/%/ckpt/tvp.pt $(RUNS)/%/ckpt/ast.pt $$(call stage_cfg,$$*,diagnose)

@@ -345,7 +345,7 @@ def test_diagnose_reports_listener_heard_frames_and_probe(run_dir: Path) -> None
 
 def test_prompt_check_scores_tvp_with_its_own_and_another_clips_frames(run_dir: Path) -> None:
     """Clip i heard with clip i+1's frames as TVP prompts; with its own frames the listener scores as train-tvp
-    scored it; an audio-only listener is refused."""
+    scored it; an audio-only listener is refused. With paired_with, both listeners alone on val and test."""
     from pcas_cli.metrics_cls import mean_average_precision
     from pcas_cli.stages._common import (build_audio_cache, frames_to_tensor, listen, listener, second_targets,
                                          visual_prompts)

@@ -206,17 +206,17 @@ def paired_report(cfg: DiagnoseConfig, alone: AloneProbs, targets_of: Callable[[
         if split == "test" and open_features(cfg.run, split).meta.get("unscored"):
             continue  # `extract --test-without-masks`: nothing to score against
         (probs_a, id_a, _), (probs_b, id_b, _) = alone(split, cfg.listener, 0), alone(split, cfg.paired_with, 0)
-        out["listener_ids"] = {cfg.listener: id_a, cfg.paired_with: id_b}
         targets, has = targets_of(split)
         clip_of_second = np.broadcast_to(np.arange(has.shape[0])[:, None], has.shape)[has]  # (S,)
         a, b, y = probs_a[has], probs_b[has], targets[has]  # (S, C): the seconds with masks
         scores: dict[str, Any] = {"clips": int(has.any(-1).sum()), "frames": int(has.sum())}
         for key, score in (("map", mean_average_precision), ("exact_set", exact)):
             lead = paired_bootstrap_difference(score, a, b, y, clip_of_second, resamples, cfg.seed)
-            scores[key] = {"listener": score(a, y), "paired_with": score(b, y), "difference": score(a, y) - score(b, y),
+            score_a, score_b = score(a, y), score(b, y)
+            scores[key] = {"listener": score_a, "paired_with": score_b, "difference": score_a - score_b,
                            "difference_ci95": percentile_interval(lead)}
         out[split] = scores
-    return out
+    return {**out, "listener_ids": {cfg.listener: id_a, cfg.paired_with: id_b}}
 
 
 @torch.no_grad()
