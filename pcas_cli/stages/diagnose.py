@@ -162,50 +162,50 @@ def listener_report(cfg: DiagnoseConfig, hearing: Hearing, split_targets: Target
     return out
 
 
-AloneProbs = Callable[[str, str, int], tuple[np.ndarray, str, bool]]  # (split, name, shift) -> listened_alone's
+Loaded = tuple[torch.nn.Module, torch.nn.Module | None, dict[str, Any]]  # what _common.listener returns
+AloneProbs = Callable[[str, str, int], np.ndarray]  # (split, name, prompt shift) -> listened_alone's probabilities
 
 
-def listened_alone(run: Path, device: torch.device, split: str, name: str, prompt_shift: int = 0
-                   ) -> tuple[np.ndarray, str, bool]:
-    """ckpt/<name>.pt alone on a split: per-second probabilities (N, T, C), the checkpoint's id and whether it is a
-    TVP listener (prompted by the frames of clip i + prompt_shift; an audio-only listener ignores the shift)."""
-    path = run_paths(run)["ckpt"] / f"{name}.pt"
-    audio, prompt_visual, ckpt = listener(path, device)
-    feats = open_features(run, split)
-    if prompt_shift and len(feats) < 2:
-        raise PcasError(f"{feats.path}: prompt_check needs at least two clips to swap prompts between")
-    probs = build_audio_cache(feats, audio, prompt_visual, device, prompt_shift=prompt_shift,
-                              desc=f"{name} on {split}, prompt shift {prompt_shift}").probs.numpy()
-    return probs, ckpt["artifact_id"], prompt_visual is not None
+def listened_alone(features: ArtifactReader, loaded: Loaded, device: torch.device, prompt_shift: int = 0,
+                   desc: str = "listening") -> np.ndarray:
+    """A loaded listener alone on a split: per-second probabilities (N, T, C); a TVP listener is prompted by the
+    frames of clip i + prompt_shift (an audio-only listener ignores the shift)."""
+    if prompt_shift and len(features) < 2:
+        raise PcasError(f"{features.path}: prompt_check needs at least two clips to swap prompts between")
+    audio, prompt_visual, _ = loaded
+    return build_audio_cache(features, audio, prompt_visual, device, prompt_shift=prompt_shift,
+                             desc=desc).probs.numpy()
 
 
-def prompt_report(cfg: DiagnoseConfig, alone: AloneProbs, val_targets: tuple[np.ndarray, np.ndarray]
-                  ) -> dict[str, Any]:
+def prompt_report(cfg: DiagnoseConfig, load: Callable[[str], Loaded], alone: AloneProbs,
+                  val_targets: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
     """Does the TVP listener use what it sees (paper §3.1)? It alone, per second on val, prompted by each clip's own
     frames and by the next clip's frames (another scene, the same sounds)."""
-    own, listener_id, is_tvp = alone("val", cfg.listener, 0)
-    if not is_tvp:
+    _, prompt_visual, ckpt = load(cfg.listener)
+    if prompt_visual is None:
         raise PcasError(f"{run_paths(cfg.run)['ckpt'] / cfg.listener}.pt: prompt_check needs a listener trained with "
                         "TVP; this one hears audio only")
     targets, has = val_targets
-    return {"listener": cfg.listener, "listener_id": listener_id, "frames": int(has.sum()),
-            "own": second_scores(own, targets, has, cfg.decision_threshold),
-            "other_clip": second_scores(alone("val", cfg.listener, 1)[0], targets, has, cfg.decision_threshold)}
+    return {"listener": cfg.listener, "listener_id": ckpt["artifact_id"], "frames": int(has.sum()),
+            **{key: second_scores(alone("val", cfg.listener, shift), targets, has, cfg.decision_threshold)
+               for key, shift in (("own", 0), ("other_clip", 1))}}
 
 
-def paired_report(cfg: DiagnoseConfig, alone: AloneProbs, targets_of: Callable[[str], tuple[np.ndarray, np.ndarray]],
-                  resamples: int = BOOTSTRAP_RESAMPLES) -> dict[str, Any]:
+def paired_report(cfg: DiagnoseConfig, load: Callable[[str], Loaded], alone: AloneProbs,
+                  targets_of: Callable[[str], tuple[np.ndarray, np.ndarray]], resamples: int = BOOTSTRAP_RESAMPLES
+                  ) -> dict[str, Any]:
     """Is the listener ahead of `paired_with` beyond the noise of the clips? Both alone on val and on test (left out
     where extracted without masks), each score, and listener - paired_with with its 95% interval from a paired
     bootstrap over the split's clips."""
     if cfg.paired_with == cfg.listener:
         raise PcasError(f"diagnose: paired_with names the examined listener itself ({cfg.listener})")
-    out: dict[str, Any] = {"listener": cfg.listener, "paired_with": cfg.paired_with, "resamples": resamples}
+    out: dict[str, Any] = {"listener": cfg.listener, "paired_with": cfg.paired_with, "resamples": resamples,
+                           "listener_ids": {n: load(n)[2]["artifact_id"] for n in (cfg.listener, cfg.paired_with)}}
     exact = functools.partial(exact_set_accuracy, threshold=cfg.decision_threshold)
     for split in ("val", "test"):
         if split == "test" and open_features(cfg.run, split).meta.get("unscored"):
             continue  # `extract --test-without-masks`: nothing to score against
-        (probs_a, id_a, _), (probs_b, id_b, _) = alone(split, cfg.listener, 0), alone(split, cfg.paired_with, 0)
+        probs_a, probs_b = alone(split, cfg.listener, 0), alone(split, cfg.paired_with, 0)
         targets, has = targets_of(split)
         clip_of_second = np.broadcast_to(np.arange(has.shape[0])[:, None], has.shape)[has]  # (S,)
         a, b, y = probs_a[has], probs_b[has], targets[has]  # (S, C): the seconds with masks
@@ -216,7 +216,7 @@ def paired_report(cfg: DiagnoseConfig, alone: AloneProbs, targets_of: Callable[[
             scores[key] = {"listener": score_a, "paired_with": score_b, "difference": score_a - score_b,
                            "difference_ci95": percentile_interval(lead)}
         out[split] = scores
-    return {**out, "listener_ids": {cfg.listener: id_a, cfg.paired_with: id_b}}
+    return out
 
 
 @torch.no_grad()
@@ -549,7 +549,9 @@ def run(cfg: DiagnoseConfig) -> Path:
     targets_of = functools.cache(lambda split: second_targets(open_features(cfg.run, split)))
     hearing_of = functools.cache(lambda split: listen(ckpt_dir, listener_names(cfg.listener, cfg.co_listener),
                                                       open_features(cfg.run, split), device, split))
-    alone = functools.cache(functools.partial(listened_alone, cfg.run, device))  # each listened to once
+    load = functools.cache(lambda name: listener(ckpt_dir / f"{name}.pt", device))  # each checkpoint read once
+    alone = functools.cache(lambda split, name, shift: listened_alone(  # each (split, listener, prompts) heard once
+        open_features(cfg.run, split), load(name), device, shift, desc=f"{name} on {split}, prompt shift {shift}"))
     splits = ("train", "val")
     if cfg.listener and cfg.listening:
         report.update(listener_report(cfg, {s: hearing_of(s) for s in splits}, {s: targets_of(s) for s in splits}))
@@ -559,9 +561,9 @@ def run(cfg: DiagnoseConfig) -> Path:
                                                      cfg.crop_ignored_scores, cfg.seed)
                                   for name in cfg.patch_labels]
     if cfg.prompt_check:
-        report["prompts"] = prompt_report(cfg, alone, targets_of("val"))
+        report["prompts"] = prompt_report(cfg, load, alone, targets_of("val"))
     if cfg.paired_with:
-        report["paired"] = paired_report(cfg, alone, targets_of)
+        report["paired"] = paired_report(cfg, load, alone, targets_of)
     if cfg.vision_check:
         report["vision"] = vision_report(cfg, hearing_of("val")[0], device, targets_of("val"))
     if cfg.probe_steps > 0:
