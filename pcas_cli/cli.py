@@ -294,8 +294,9 @@ def crf(
     preset: Optional[str] = typer.Option(None, "--crf-preset", help="toco_cam | toco_seg | psa | none, optionally "
                                          "@<sxy_scale>, e.g. psa@0.25 (config default: toco_cam)"),
     choose_on_val: Optional[bool] = typer.Option(None, "--choose-on-val/--fixed-kernel", help="choose the kernel "
-                                                 "among `candidates` by the mIoU on the val.h5 next to the features "
-                                                 "and predictions (stages/crf.toml: on)"),
+                                                 "among `candidates` (and, for pseudo-label's predictions, the "
+                                                 "background threshold among `bg_thresholds`) by the mIoU on the "
+                                                 "val.h5 next to the features and predictions (stages/crf.toml: on)"),
     workers: Optional[int] = typer.Option(None, help="worker processes, 0 = number of cores (config default: 0)"),
     config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
 ) -> None:

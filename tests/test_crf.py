@@ -10,7 +10,7 @@ from pcas_cli.artifacts import ArtifactWriter, read_features, read_predictions, 
 from pcas_cli.config import load_config
 from pcas_cli.crf import CRF_PRESETS, CRFParams, crf_many, dense_crf, dense_crf_present, get_preset, resolve_workers
 from pcas_cli.errors import PcasError
-from pcas_cli.stages.crf import CRFConfig, as_probs, present_channels, run
+from pcas_cli.stages.crf import CRFConfig, as_probs, made_with_threshold, present_channels, run, with_background
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -299,6 +299,7 @@ def test_choose_on_val_picks_the_kernel_with_the_best_val_miou(tmp_path):
     out = read_predictions(run(cfg))
     choice = out.provenance["crf_choice"]
     assert choice["chosen"] == "toco_cam" and choice["val_miou"]["toco_cam"] > choice["val_miou"]["none"]
+    assert "bg_threshold" not in choice  # made without a recorded background threshold: only the kernel is chosen
     assert str(tmp_path / "pseudo" / "val.h5") in out.provenance["inputs"]  # val's predictions are an input
     fixed = read_predictions(run(_cfg(feats, preds, tmp_path / "fixed.h5", preset="toco_cam")))
     for i in range(3):
@@ -329,3 +330,98 @@ def test_choose_on_val_needs_the_val_split(pair, tmp_path):
     with pytest.raises(PcasError, match="crf kernel 'psa@x'"):
         run(_cfg(feats, preds, tmp_path / "b.h5", preset="psa@x"))
     assert not (tmp_path / "a.h5").exists()
+
+
+# --- the background threshold, chosen after the CRF -------------------------------------------------------------
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=0, keepdims=True))
+    return e / e.sum(axis=0, keepdims=True)
+
+
+def test_with_background_moves_the_threshold_exactly():
+    # softmax([0.3, 0.7]) moved to threshold 0.7: background and class tie, 0.5 each (by hand)
+    p = _softmax(np.array([0.3, 0.7])[:, None, None])
+    np.testing.assert_allclose(p[0, 0, 0], 1 / (1 + np.exp(0.4)), rtol=1e-6)
+    np.testing.assert_allclose(with_background(p, np.exp(0.7 - 0.3))[:, 0, 0], [0.5, 0.5], rtol=1e-6)
+    # three channels, one absent (probability 0): equal to the softmax at the new threshold; the absent stays 0
+    maps = np.array([0.9, 0.2])
+    before = np.append(_softmax(np.array([0.3, *maps])), 0.0)[:, None, None]
+    after = np.append(_softmax(np.array([0.55, *maps])), 0.0)[:, None, None]
+    np.testing.assert_allclose(with_background(before, np.exp(0.55 - 0.3)), after, rtol=1e-6)
+    assert with_background(before, 1.0) is before
+
+
+RAMP = (np.arange(W) + 0.5) / W  # a class map rising from left (0.03) to right (0.97)
+
+
+def _thresholded(path: Path, b0: float, inputs: dict, stage: str = "pseudo-label") -> Path:
+    """Predictions as pcas pseudo-label writes them: softmax over [b0, class maps], class "guitar" = RAMP."""
+    dims = {"T": T, "K": 1 + len(CLASSES), "H": H, "W": W, "A": len(CLASSES)}
+    meta = {"classes": CLASSES, "audio_classes": CLASSES, "task": "semantic", "bg_threshold": b0}
+    logits = np.stack([np.full((H, W), b0), np.tile(RAMP, (H, 1)), np.full((H, W), -np.inf)])  # dog absent
+    probs = np.stack([_softmax(logits)] * T).astype(np.float16)  # (T, K, H, W)
+    with ArtifactWriter(path, "predictions", dims, meta, {"stage": stage, "inputs": inputs}) as w:
+        for cid in ("c0", "c1", "c2"):
+            w.append(clip_id=cid, scores=probs, masks=probs.argmax(1), frame_classes=np.zeros((T, 2)))
+    return path
+
+
+def _thresholded_tree(root: Path, b0: float, val_masks: np.ndarray, stage: str = "pseudo-label") -> tuple:
+    (root / "features").mkdir(parents=True)
+    (root / "pseudo").mkdir()
+    fv = _features(root / "features" / "val.h5", masks=val_masks)
+    ft = _features(root / "features" / "test.h5")  # test masks all background: never read
+    _thresholded(root / "pseudo" / "val.h5", b0, {str(fv): read_features(fv).artifact_id}, stage)
+    pt = _thresholded(root / "pseudo" / "test.h5", b0, {str(ft): read_features(ft).artifact_id}, stage)
+    return ft, pt
+
+
+def test_choose_on_val_picks_the_background_threshold_of_pseudo_labels(tmp_path):
+    # Val truth: the right half (RAMP > 0.5). The predictions were made with threshold 0.3, i.e. RAMP > 0.3; moving
+    # it to 0.5 reproduces the truth exactly, so 0.5 must win; test is labelled with val's choice.
+    truth = np.tile(RAMP > 0.5, (T, H, 1)).astype(np.int64)
+    feats, preds = _thresholded_tree(tmp_path, 0.3, truth)
+    assert made_with_threshold(read_predictions(preds)) == 0.3
+    out = read_predictions(run(_cfg(feats, preds, tmp_path / "crf.h5", choose_on_val=True, candidates=("none",),
+                                    bg_thresholds=(0.2, 0.5, 0.7))))
+    choice = out.provenance["crf_choice"]
+    assert (choice["chosen"], choice["bg_threshold"], choice["made_with_bg_threshold"]) == ("none", 0.5, 0.3)
+    grid = choice["val_miou_grid"]["none"]
+    assert sorted(grid) == ["0.2", "0.3", "0.5", "0.7"]  # b0 is always tried
+    assert choice["val_miou"]["none"] == grid["0.5"] > max(grid["0.2"], grid["0.3"], grid["0.7"])
+    assert out.meta["crf_bg_threshold"] == 0.5 and out.meta["bg_threshold"] == 0.3
+    for i in range(3):
+        masks, scores = out.read("masks", i), out.read("scores", i).astype(np.float32)
+        valid = [0, 1] if i != 2 else [0]  # clip c2's second frame is padding: copied unchanged
+        for t in valid:
+            np.testing.assert_array_equal(masks[t], np.tile(RAMP > 0.5, (H, 1)))
+            np.testing.assert_allclose(scores[t, 0, 0], _softmax(np.stack([np.full(W, 0.5), RAMP]))[0], atol=2e-3)
+            assert (scores[t, 2] == 0).all()  # the absent class stays absent
+        if i == 2:
+            np.testing.assert_array_equal(masks[1], np.tile(RAMP > 0.3, (H, 1)))
+
+
+def test_choose_on_val_refines_at_the_chosen_threshold(tmp_path):
+    # With a CRF kernel, the CRF's unary is the softmax at the chosen threshold, not at the one the masks had.
+    # Val truth all background: threshold 1.0 (above every map value) beats the masks' own 0.3.
+    feats, preds = _thresholded_tree(tmp_path, 0.3, np.zeros((T, H, W), np.int64))
+    out = read_predictions(run(_cfg(feats, preds, tmp_path / "crf.h5", choose_on_val=True,
+                                    candidates=("toco_cam",), bg_thresholds=(1.0,))))
+    b = out.provenance["crf_choice"]["bg_threshold"]
+    assert b == 1.0
+    image, _ = _two_colour(H, W, 8)
+    probs = _softmax(np.stack([np.full((H, W), b), np.tile(RAMP, (H, 1)), np.full((H, W), -np.inf)]))
+    expected = dense_crf_present(image, probs.astype(np.float32), [1], CRF_PRESETS["toco_cam"])
+    np.testing.assert_allclose(out.read("scores", 0)[0].astype(np.float32), expected, atol=2e-2)
+
+
+def test_only_pseudo_label_predictions_get_a_background_threshold(tmp_path):
+    # A refined artifact (or a model's) is no softmax over [threshold, maps]: its background cannot be moved.
+    truth = np.tile(RAMP > 0.5, (T, H, 1)).astype(np.int64)
+    feats, preds = _thresholded_tree(tmp_path, 0.3, truth, stage="crf")
+    assert made_with_threshold(read_predictions(preds)) is None
+    out = read_predictions(run(_cfg(feats, preds, tmp_path / "crf.h5", choose_on_val=True, candidates=("none",),
+                                    bg_thresholds=(0.5,))))
+    assert "bg_threshold" not in out.provenance["crf_choice"] and "crf_bg_threshold" not in out.meta
+    np.testing.assert_array_equal(out.read("masks", 0), read_predictions(preds).read("masks", 0))

@@ -11,7 +11,8 @@ import pytest
 from pcas_cli.artifacts import ArtifactWriter
 from pcas_cli.errors import PcasError
 from pcas_cli.provenance import machine
-from pcas_cli.stages.report import DERIVED, README_END, README_START, ReportConfig, run, timing_table
+from pcas_cli.stages.report import (DERIVED, README_END, README_START, ReportConfig, crf_choice_line, run,
+                                     timing_table)
 
 
 def _metrics(path: Path, miou: float, fscore: float, per_class: dict | None = None,
@@ -148,6 +149,15 @@ def test_tables_and_readme_block(tmp_path: Path, monkeypatch) -> None:
     run(ReportConfig(runs=runs, out=tmp_path / "results", prefix="x", timings=timings))
     readme = (tmp_path / "README.md").read_text()
     assert "stale" not in readme and "| PCAS | 80.00 | 70.00 | – | – |" in readme and readme.endswith("b\n")
+
+
+def test_crf_choice_line_names_the_background_threshold_chosen_with_the_kernel() -> None:
+    choice = {"chosen": "psa@0.25", "bg_threshold": 0.2, "made_with_bg_threshold": 0.3,
+              "val_miou": {"none": 0.4, "psa@0.25": 0.5}, "best_bg_threshold": {"none": 0.3, "psa@0.25": 0.2}}
+    assert crf_choice_line(choice) == (
+        "CRF kernel and background threshold chosen on val, jointly: psa@0.25 with background 0.2 (pseudo-label's "
+        "own, chosen before the CRF: 0.3; val mIoU x100 at each kernel's best threshold: none 40.00 @0.3, "
+        "psa@0.25 50.00 @0.2).")
 
 
 def test_bound_convergence_line_flags_only_a_still_rising_bound() -> None:

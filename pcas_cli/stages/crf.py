@@ -10,6 +10,15 @@ With `choose_on_val` the kernel is not fixed in advance: every candidate in `can
 scaled spatial widths, or no CRF at all) refines the val split's predictions, the one with the best val mIoU (the
 task's official metric) refines this artifact, and the whole comparison is stored in its provenance. Only the val
 masks are read, to choose, as pseudo-label chooses its thresholds (method-facts: thresholds on val, never on test).
+
+Thresholded predictions (pcas pseudo-label's: PCAS, the CAM and similarity baselines) are chosen for jointly with
+their background threshold. Pseudo-label picks that threshold by val mIoU of its own masks, before any CRF; but the
+CRF's output is what "+ CRF" reports, and the threshold that is best for the masks is not the one best for the CRF's
+unary (AV-Digits AVSS val: 0.2 / 0.25 / 0.3 tie at ~23 before the CRF and give 47.9 / 44.2 / 37.0 after it). Their
+soft scores are the softmax over [b0, class maps] (`cam.scores_to_probs`, temperature 1), so the scores at another
+threshold b are exact: scale the background probability by exp(b - b0) and renormalise (`with_background`). Every
+(kernel, threshold) pair in `candidates` x `bg_thresholds` (plus b0 itself) is scored on val; ties go to the earlier
+kernel and then to the threshold nearest b0.
 """
 
 from __future__ import annotations
@@ -50,6 +59,8 @@ class CRFConfig:
     # next to `predictions`), instead of `preset` / `sxy_scale`
     candidates: tuple[str, ...] = ("none", "toco_cam", "toco_cam@0.25", "toco_seg", "toco_seg@0.25", "psa",
                                    "psa@0.25")  # "<preset>[@<sxy_scale>]", or "none" (no CRF)
+    bg_thresholds: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)  # with choose_on_val, for pseudo-label's
+    # thresholded predictions: background thresholds tried with every kernel (besides the one they were made with)
     workers: int = 0  # CRF worker processes (0 = number of cores, 1 = serial)
     seed: int = 0  # stored in the provenance (the CRF itself is deterministic)
     resume: bool = True  # continue an interrupted run's leftover .tmp when its provenance matches
@@ -107,6 +118,24 @@ def as_probs(scores: np.ndarray) -> np.ndarray:
     return p / total
 
 
+def made_with_threshold(preds: ArtifactReader) -> float | None:
+    """The background threshold b0 that pcas pseudo-label made these predictions with; None for any other
+    predictions (a model's, a baseline's one-hot, or an already refined artifact), whose background cannot be moved."""
+    if preds.provenance.get("stage") != "pseudo-label" or "bg_threshold" not in preds.meta:
+        return None
+    return float(preds.meta["bg_threshold"])
+
+
+def with_background(probs: np.ndarray, factor: float) -> np.ndarray:
+    """(K, H, W) probabilities of softmax([b0, maps]) -> those of softmax([b, maps]), factor = exp(b - b0): the
+    background channel times the factor, renormalised (absent classes stay exactly 0)."""
+    if factor == 1.0:
+        return probs
+    out = probs.copy()
+    out[0] *= factor
+    return out / out.sum(axis=0, keepdims=True)
+
+
 def present_channels(probs: np.ndarray, eps: float) -> list[int]:
     """Class channels (1..K-1) whose maximum probability over the frame exceeds eps."""
     peak = probs[1:].reshape(probs.shape[0] - 1, -1).max(axis=1) if probs.shape[0] > 1 else np.zeros(0)
@@ -140,7 +169,7 @@ def _provenance(cfg: CRFConfig, params: CRFParams | None, inputs: dict[str, str]
 
 
 def _frames(feats: ArtifactReader, preds: ArtifactReader, rows: dict[str, int], start: int, eps: float,
-            queue: collections.deque[_Clip]) -> Iterator[tuple[np.ndarray, np.ndarray, list[int]]]:
+            bg_factor: float, queue: collections.deque[_Clip]) -> Iterator[tuple[np.ndarray, np.ndarray, list[int]]]:
     """CRF jobs for clips start.. in predictions order; each clip is queued before its first frame is yielded."""
     for i in range(start, len(preds)):
         record = preds.clip(i)
@@ -152,21 +181,28 @@ def _frames(feats: ArtifactReader, preds: ArtifactReader, rows: dict[str, int], 
         clip = _Clip(record, valid)
         queue.append(clip)
         for t in valid:
-            probs = as_probs(record["scores"][t])  # (K, H, W)
+            probs = with_background(as_probs(record["scores"][t]), bg_factor)  # (K, H, W)
             yield frames[t], probs, present_channels(probs, eps)
 
 
 def refined_clips(feats: ArtifactReader, preds: ArtifactReader, rows: dict[str, int], start: int,
-                  params: CRFParams | None, workers: int, eps: float) -> Iterator[dict[str, Any]]:
-    """The predictions' clip records from `start` on, in order, refined by the CRF (unchanged when params is None)."""
-    if params is None:
+                  params: CRFParams | None, workers: int, eps: float, bg_factor: float = 1.0
+                  ) -> Iterator[dict[str, Any]]:
+    """The predictions' clip records from `start` on, in order, with the background probability of every valid
+    frame scaled by `bg_factor` (`with_background`), then refined by the CRF (params None: no CRF; both at their
+    defaults: the records unchanged)."""
+    if params is None and bg_factor == 1.0:
         yield from (preds.clip(i) for i in range(start, len(preds)))
         return
     queue: collections.deque[_Clip] = collections.deque()
-    jobs = _frames(feats, preds, rows, start, eps, queue)
+    jobs = _frames(feats, preds, rows, start, eps, bg_factor, queue)
+    if params is None:
+        results: Iterator[np.ndarray] = (probs for _, probs, _ in jobs)
+    else:
+        results = crf_many(jobs, params, workers=workers, chunksize=max(1, int(preds.dims["T"])))
     # Results come back in job order, so each belongs to the oldest clip still waiting for frames; clips with no
     # valid frame are done as soon as they reach the front of the queue.
-    for refined in crf_many(jobs, params, workers=workers, chunksize=max(1, int(preds.dims["T"]))):
+    for refined in results:
         while queue and queue[0].remaining == 0:
             yield queue.popleft().record
         queue[0].put(refined)
@@ -182,10 +218,45 @@ def _open_pair(features: Path, predictions: Path) -> tuple[ArtifactReader, Artif
     return feats, preds, rows
 
 
-def choose_kernel(cfg: CRFConfig, workers: int, made: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, str]]:
-    """The candidate with the best val mIoU; returns it, the comparison (for the provenance) and the val inputs.
+@dataclass(frozen=True)
+class Choice:
+    """What refines the artifact: a kernel (None: no CRF) and, for thresholded predictions, the background
+    threshold, with the val comparison that chose them (None when nothing was chosen on val)."""
 
-    `made` is the provenance of the predictions to refine: the val predictions must have been made alike.
+    kernel: str
+    params: CRFParams | None
+    bg_threshold: float | None = None  # None: the predictions' background is left as it is
+    record: dict[str, Any] | None = None  # stored in the provenance as "crf_choice"
+
+    def bg_factor(self, made_with: float | None) -> float:
+        """exp(b - b0): how `with_background` moves predictions made with threshold b0 to the chosen b."""
+        if self.bg_threshold is None or made_with is None:
+            return 1.0
+        return float(np.exp(self.bg_threshold - made_with))
+
+
+def _val_miou(feats: ArtifactReader, preds: ArtifactReader, rows: dict[str, int], semantic: bool,
+              params: CRFParams | None, workers: int, eps: float, bg_factor: float, advance: Any) -> float:
+    """Val mIoU (the task's official metric; binary tasks on foreground vs background, as `pcas eval`) of the val
+    predictions refined with these settings."""
+    acc = SemanticScores(int(preds.dims["K"])) if semantic else BinaryMIoU()
+    for record in refined_clips(feats, preds, rows, 0, params, workers, eps, bg_factor):
+        gt = feats.clip(rows[record["clip_id"]], ("masks", "mask_valid"))
+        pred, truth = record["masks"][gt["mask_valid"]], gt["masks"][gt["mask_valid"]]
+        if semantic:
+            acc.update(pred, truth)
+        else:
+            acc.update(pred > 0, truth > 0)
+        advance()
+    return float(acc.result()["miou"])
+
+
+def choose_on_val(cfg: CRFConfig, workers: int, made: dict[str, Any]) -> tuple[Choice, dict[str, str]]:
+    """The (kernel, background threshold) with the best val mIoU, and the val inputs it read.
+
+    `made` is the provenance of the predictions to refine: the val predictions must have been made alike. The
+    threshold is chosen only for pseudo-label's thresholded predictions (`made_with_threshold`); for any other
+    predictions only the kernel is.
     """
     if not cfg.candidates:
         raise fail(None, "crf.candidates is empty; list kernels to choose from, e.g. [\"none\", \"toco_cam\"]")
@@ -197,27 +268,32 @@ def choose_kernel(cfg: CRFConfig, workers: int, made: dict[str, Any]) -> tuple[s
                              "the ones refined (or pass --set choose_on_val=false)")
     feats, preds, rows = _open_pair(val_feats, val_preds)
     check_made_alike(cfg.predictions, val_preds, made, preds.provenance)
-    task = check_compatible(feats, preds)
-    semantic = task == "semantic"  # binary tasks are scored on foreground vs background, as `pcas eval` does
-    miou: dict[str, float] = {}
+    semantic = check_compatible(feats, preds) == "semantic"
+    b0 = made_with_threshold(preds)
+    # thresholds to try: the one the predictions were made with first (ties keep it), then the others, nearest first
+    thresholds: list[float | None] = [None] if b0 is None else \
+        sorted({b0, *(float(b) for b in cfg.bg_thresholds)}, key=lambda b: (abs(b - b0), b))
+    grid = [(k, b) for k in cfg.candidates for b in thresholds]
+    miou: dict[tuple[str, float | None], float] = {}
     with feats, preds, progress(transient=True) as bar:
-        job = bar.add_task("crf: choosing the kernel on val", total=len(kernels) * len(preds), info="")
-        for name, params in kernels.items():
-            acc = SemanticScores(int(preds.dims["K"])) if semantic else BinaryMIoU()
-            for record in refined_clips(feats, preds, rows, 0, params, workers, cfg.present_eps):
-                gt = feats.clip(rows[record["clip_id"]], ("masks", "mask_valid"))
-                pred, truth = record["masks"][gt["mask_valid"]], gt["masks"][gt["mask_valid"]]
-                if semantic:
-                    acc.update(pred, truth)
-                else:
-                    acc.update(pred > 0, truth > 0)
-                bar.advance(job)
-            miou[name] = float(acc.result()["miou"])
+        job = bar.add_task("crf: choosing on val", total=len(grid) * len(preds), info="")
+        for name, b in grid:
+            factor = 1.0 if b is None else float(np.exp(b - b0))
+            miou[(name, b)] = _val_miou(feats, preds, rows, semantic, kernels[name], workers, cfg.present_eps, factor,
+                                        lambda: bar.advance(job))
         inputs = {str(val_feats): feats.artifact_id, str(val_preds): preds.artifact_id}
-    best = max(cfg.candidates, key=lambda c: miou[c])  # ties: the earlier candidate ("none" first: no CRF)
-    CONSOLE.print("crf kernels on val (mIoU x100): " + ", ".join(f"{c} {100 * v:.2f}" for c, v in miou.items())
-                  + f"; chosen: {best}")
-    return best, {"chosen": best, "val_miou": miou}, inputs
+    kernel, bg = max(grid, key=lambda kb: miou[kb])  # ties: the earlier kernel ("none" first), then the nearer b
+    best = {k: max(((miou[(k, b)], b) for b in thresholds), key=lambda mb: mb[0]) for k in cfg.candidates}
+    record: dict[str, Any] = {"chosen": kernel, "val_miou": {k: m for k, (m, _) in best.items()}}
+    if b0 is not None:
+        record.update(bg_threshold=bg, made_with_bg_threshold=b0,
+                      best_bg_threshold={k: b for k, (_, b) in best.items()},
+                      val_miou_grid={k: {f"{b:g}": miou[(k, b)] for b in thresholds} for k in cfg.candidates})
+    at = lambda b: "" if b is None else f" @{b:g}"  # noqa: E731
+    CONSOLE.print("crf on val, mIoU x100" + (" at each kernel's best background threshold" if b0 is not None else "")
+                  + ": " + ", ".join(f"{k} {100 * m:.2f}{at(b)}" for k, (m, b) in best.items())
+                  + f"; chosen: {kernel}{at(bg)}" + (f" (pseudo-label chose {b0:g} before the CRF)" if b0 else ""))
+    return Choice(kernel, kernels[kernel], bg, record), inputs
 
 
 def run(cfg: CRFConfig) -> Path:
@@ -226,20 +302,23 @@ def run(cfg: CRFConfig) -> Path:
     workers = resolve_workers(cfg.workers)
     feats, preds, rows = _open_pair(cfg.features, cfg.predictions)
     inputs = {str(cfg.features): feats.artifact_id, str(cfg.predictions): preds.artifact_id}
-    choice = None
     if cfg.choose_on_val:
-        kernel, choice, val_inputs = choose_kernel(cfg, workers, preds.provenance)
-        params = parse_kernel(kernel)
+        choice, val_inputs = choose_on_val(cfg, workers, preds.provenance)
         inputs.update(val_inputs)
     else:
-        kernel, params = cfg.preset, fixed_kernel(cfg)
-    prov = _provenance(cfg, params, inputs, choice)
-    with (ArtifactWriter(cfg.out, "predictions", preds.dims, preds.meta, prov, resume=cfg.resume) as writer,
+        choice = Choice(cfg.preset, fixed_kernel(cfg))
+    made_with = made_with_threshold(preds)
+    meta = dict(preds.meta)
+    if choice.bg_threshold is not None:
+        meta["crf_bg_threshold"] = choice.bg_threshold  # meta["bg_threshold"] stays the one the masks were made with
+    prov = _provenance(cfg, choice.params, inputs, choice.record)
+    with (ArtifactWriter(cfg.out, "predictions", preds.dims, meta, prov, resume=cfg.resume) as writer,
           progress() as bar):
         if writer.start:
             CONSOLE.print(f"resuming {cfg.out}: {writer.start} of {len(preds)} clips already refined")
-        task = bar.add_task(f"crf {kernel}", total=len(preds), completed=writer.start, info=f"{workers} proc")
-        for record in refined_clips(feats, preds, rows, writer.start, params, workers, cfg.present_eps):
+        task = bar.add_task(f"crf {choice.kernel}", total=len(preds), completed=writer.start, info=f"{workers} proc")
+        for record in refined_clips(feats, preds, rows, writer.start, choice.params, workers, cfg.present_eps,
+                                    choice.bg_factor(made_with)):
             writer.append(**record)
             bar.advance(task)
     feats.close()

@@ -21,7 +21,9 @@ Four settings are chosen on val, jointly (a grid sweep scored against the val ma
 here): the presence threshold (a class sounds in frame t when its probability exceeds it), the background threshold,
 the similarity exponent alpha and the visual gate beta. All are recorded in val's artifact; other splits read them
 from there, so test never tunes on test. The CAM baseline gets the same sweep over its visual presence
-probabilities, so the comparison is fair. (`oracle_presence`, a diagnostic, replaces step 1 by the split's
+probabilities, so the comparison is fair. The background threshold chosen here is the best for these masks; the
+"+ CRF" rows re-choose it for the CRF's output (`pcas crf`, jointly with the kernel, on val: the soft scores at
+another threshold follow exactly from these). (`oracle_presence`, a diagnostic, replaces step 1 by the split's
 ground-truth sounding classes: how far a perfect listener would take the same maps.)
 """
 
