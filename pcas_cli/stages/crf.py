@@ -11,14 +11,14 @@ scaled spatial widths, or no CRF at all) refines the val split's predictions, th
 task's official metric) refines this artifact, and the whole comparison is stored in its provenance. Only the val
 masks are read, to choose, as pseudo-label chooses its thresholds (method-facts: thresholds on val, never on test).
 
-Thresholded predictions (pcas pseudo-label's: PCAS, the CAM and similarity baselines) are chosen for jointly with
-their background threshold. Pseudo-label picks that threshold by val mIoU of its own masks, before any CRF; but the
-CRF's output is what "+ CRF" reports, and the threshold that is best for the masks is not the one best for the CRF's
-unary (AV-Digits AVSS val: 0.2 / 0.25 / 0.3 tie at ~23 before the CRF and give 47.9 / 44.2 / 37.0 after it). Their
-soft scores are the softmax over [b0, class maps] (`cam.scores_to_probs`, temperature 1), so the scores at another
-threshold b are exact: scale the background probability by exp(b - b0) and renormalise (`with_background`). Every
-(kernel, threshold) pair in `candidates` x `bg_thresholds` (plus b0 itself) is scored on val; ties go to the earlier
-kernel and then to the threshold nearest b0.
+For thresholded predictions (pcas pseudo-label's: PCAS, the CAM and similarity baselines) the background threshold
+is chosen jointly with the kernel. Pseudo-label picks that threshold by val mIoU of its own masks, before any CRF;
+but the CRF's output is what "+ CRF" reports, and the threshold that is best for the masks is not the one best for
+the CRF's unary (AV-Digits AVSS val: 0.2 / 0.25 / 0.3 tie at ~23 before the CRF and give 47.9 / 44.2 / 37.0 after
+it). Their soft scores are the softmax over [b0, class maps] (`cam.scores_to_probs`, temperature 1), so the scores
+at another threshold b are exact: scale the background probability by exp(b - b0) and renormalise
+(`with_background`). Every (kernel, threshold) pair in `candidates` x `bg_thresholds` (plus b0 itself) is scored on
+val; ties go to the earlier kernel and then to the threshold nearest b0.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -236,7 +236,8 @@ class Choice:
 
 
 def _val_miou(feats: ArtifactReader, preds: ArtifactReader, rows: dict[str, int], semantic: bool,
-              params: CRFParams | None, workers: int, eps: float, bg_factor: float, advance: Any) -> float:
+              params: CRFParams | None, workers: int, eps: float, bg_factor: float,
+              advance: Callable[[], Any]) -> float:
     """Val mIoU (the task's official metric; binary tasks on foreground vs background, as `pcas eval`) of the val
     predictions refined with these settings."""
     acc = SemanticScores(int(preds.dims["K"])) if semantic else BinaryMIoU()
