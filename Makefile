@@ -123,7 +123,8 @@ $(RUNS)/%/ckpt/align.pt: $$(call listeners,$$*) $$(call stage_cfg,$$*,align)
 $(RUNS)/%/ckpt/refine.pt: $(RUNS)/%/ckpt/align.pt $$(call stage_cfg,$$*,refine)
 	$(PCAS) refine --run $(RUNS)/$* $(PRESET)
 
-# PCAS masks: threshold chosen on val, then test; dense CRF on test (its kernel chosen on val: stages/crf.toml).
+# PCAS masks: threshold chosen on val, then test; dense CRF on test (its kernel, and the background threshold of
+# pseudo-labels, chosen on val after the CRF: stages/crf.toml).
 # CRF: the dense CRF of the first prerequisite's predictions into the target, on the same split's frames.
 CRF = $(PCAS) crf --features $(RUNS)/$*/features/$(notdir $@) --predictions $< --out $@
 $(RUNS)/%/pseudo/val.h5: $(RUNS)/%/ckpt/refine.pt $$(call stage_cfg,$$*,pseudo-label)
