@@ -229,10 +229,15 @@ class Choice:
     record: dict[str, Any] | None = None  # stored in the provenance as "crf_choice"
 
     def bg_factor(self, made_with: float | None) -> float:
-        """exp(b - b0): how `with_background` moves predictions made with threshold b0 to the chosen b."""
-        if self.bg_threshold is None or made_with is None:
-            return 1.0
-        return float(np.exp(self.bg_threshold - made_with))
+        return bg_factor(self.bg_threshold, made_with)
+
+
+def bg_factor(threshold: float | None, made_with: float | None) -> float:
+    """exp(b - b0): how `with_background` moves predictions made with threshold b0 to threshold b (1 when either is
+    None: the background is left as it is)."""
+    if threshold is None or made_with is None:
+        return 1.0
+    return float(np.exp(threshold - made_with))
 
 
 def _val_miou(feats: ArtifactReader, preds: ArtifactReader, rows: dict[str, int], semantic: bool,
@@ -279,9 +284,8 @@ def choose_on_val(cfg: CRFConfig, workers: int, made: dict[str, Any]) -> tuple[C
     with feats, preds, progress(transient=True) as bar:
         job = bar.add_task("crf: choosing on val", total=len(grid) * len(preds), info="")
         for name, b in grid:
-            factor = 1.0 if b is None else float(np.exp(b - b0))
-            miou[(name, b)] = _val_miou(feats, preds, rows, semantic, kernels[name], workers, cfg.present_eps, factor,
-                                        lambda: bar.advance(job))
+            miou[(name, b)] = _val_miou(feats, preds, rows, semantic, kernels[name], workers, cfg.present_eps,
+                                        bg_factor(b, b0), lambda: bar.advance(job))
         inputs = {str(val_feats): feats.artifact_id, str(val_preds): preds.artifact_id}
     kernel, bg = max(grid, key=lambda kb: miou[kb])  # ties: the earlier kernel ("none" first), then the nearer b
     best = {k: max(((miou[(k, b)], b) for b in thresholds), key=lambda mb: mb[0]) for k in cfg.candidates}
@@ -290,11 +294,21 @@ def choose_on_val(cfg: CRFConfig, workers: int, made: dict[str, Any]) -> tuple[C
         record.update(bg_threshold=bg, made_with_bg_threshold=b0,
                       best_bg_threshold={k: b for k, (_, b) in best.items()},
                       val_miou_grid={k: {f"{b:g}": miou[(k, b)] for b in thresholds} for k in cfg.candidates})
-    at = lambda b: "" if b is None else f" @{b:g}"  # noqa: E731
-    CONSOLE.print("crf on val, mIoU x100" + (" at each kernel's best background threshold" if b0 is not None else "")
-                  + ": " + ", ".join(f"{k} {100 * m:.2f}{at(b)}" for k, (m, b) in best.items())
-                  + f"; chosen: {kernel}{at(bg)}" + (f" (pseudo-label chose {b0:g} before the CRF)" if b0 else ""))
+    CONSOLE.print(crf_choice_line(record))
     return Choice(kernel, kernels[kernel], bg, record), inputs
+
+
+def crf_choice_line(choice: dict[str, Any]) -> str:
+    """One sentence on what `choose_on_val` chose (its provenance record "crf_choice"): the kernel and, for
+    pseudo-labels, the background threshold (with the one pseudo-label had chosen before the CRF)."""
+    best_bg = choice.get("best_bg_threshold")
+    at = (lambda k: f" @{best_bg[k]:g}") if best_bg else (lambda k: "")
+    tried = ", ".join(f"{k} {100 * v:.2f}{at(k)}" for k, v in choice["val_miou"].items())
+    if "bg_threshold" not in choice:
+        return f"CRF kernel chosen on val: {choice['chosen']} (val mIoU x100: {tried})."
+    return (f"CRF kernel and background threshold chosen on val, jointly: {choice['chosen']} with background "
+            f"{choice['bg_threshold']:g} (pseudo-label's own, chosen before the CRF: "
+            f"{choice['made_with_bg_threshold']:g}; val mIoU x100 at each kernel's best threshold: {tried}).")
 
 
 def run(cfg: CRFConfig) -> Path:

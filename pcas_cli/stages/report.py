@@ -29,6 +29,7 @@ from pcas_cli.errors import PcasError
 from pcas_cli.metrics import BOOTSTRAP_RESAMPLES
 from pcas_cli.provenance import code_version, machine
 from pcas_cli.stages.compare import compare
+from pcas_cli.stages.crf import crf_choice_line
 from pcas_cli.writing import write_json, write_text
 
 README_START = "<!-- results:start -->"
@@ -456,19 +457,6 @@ def crf_per_class_table(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
         data["crf_choice"] = choice
         lines += ["", crf_choice_line(choice)]
     return lines, data
-
-
-def crf_choice_line(choice: dict[str, Any]) -> str:
-    """One sentence on what `pcas crf --choose-on-val` chose: the kernel and, for pseudo-labels, the background
-    threshold (with the one pseudo-label had chosen before the CRF)."""
-    best_bg = choice.get("best_bg_threshold")
-    at = (lambda k: f" @{best_bg[k]:g}") if best_bg else (lambda k: "")
-    tried = ", ".join(f"{k} {_pct(v)}{at(k)}" for k, v in choice["val_miou"].items())
-    if "bg_threshold" not in choice:
-        return f"CRF kernel chosen on val: {choice['chosen']} (val mIoU x100: {tried})."
-    return (f"CRF kernel and background threshold chosen on val, jointly: {choice['chosen']} with background "
-            f"{choice['bg_threshold']:g} (pseudo-label's own, chosen before the CRF: "
-            f"{choice['made_with_bg_threshold']:g}; val mIoU x100 at each kernel's best threshold: {tried}).")
 
 
 def crf_choice(path: Path) -> dict[str, Any] | None:
