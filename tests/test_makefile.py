@@ -121,6 +121,21 @@ def test_editing_one_preset_section_reruns_that_stage_onward_only(tmp_path: Path
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="GNU make not installed")
+def test_retraining_the_looking_encoder_reruns_align_even_without_tvp_listening(tmp_path: Path) -> None:
+    """align starts from visual.pt: on AV-Digits, whose masks hear only the audio-only listener (which never reads
+    visual.pt), retraining the Looking encoder must still rerun align and everything after it, and not the listener."""
+    _up_to_date_tree(tmp_path, "bench-avdigits")
+    out = _dry_run(tmp_path, "bench-avdigits", "-W", "stages/train-visual.toml")
+    for downstream in ("pcas train-visual --run data/runs/avdigits-avss",
+                       "pcas align --run data/runs/avdigits-avss --preset avdigits",
+                       "pcas align --run data/runs/avdigits-avss --name align-nocmc",
+                       "pcas refine --run data/runs/avdigits-avss --preset avdigits",
+                       "pcas pseudo-label --run data/runs/avdigits-avss --split val --preset avdigits"):
+        assert downstream in out
+    assert "--no-tvp" not in out and "pcas train-supervised" not in out
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make not installed")
 def test_extra_table4_seeds_train_every_row_again_with_their_seed(tmp_path: Path) -> None:
     _up_to_date_tree(tmp_path, "reproduce-ablations")
     out = _dry_run(tmp_path, "reproduce-ablations", "TABLE4_SEEDS=0 1")
