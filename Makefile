@@ -117,9 +117,10 @@ LISTENERS := tvp ast
 LISTENERS_avdigits := ast
 listeners = $(foreach l,$(or $(LISTENERS_$(call dataset,$(1))),$(LISTENERS)),$(RUNS)/$(1)/ckpt/$(l).pt)
 
-# align starts from the Looking encoder (visual.pt), so it is named here: where a preset's listeners leave TVP out
-# (avdigits), nothing else would make align wait for visual.pt or rerun when it changes.
-$(RUNS)/%/ckpt/align.pt: $(RUNS)/%/ckpt/visual.pt $$(call listeners,$$*) $$(call stage_cfg,$$*,align)
+# What every align checkpoint reads (PCAS's, Table 4's, each seed's). It starts from the Looking encoder (visual.pt),
+# named here because where a preset's listeners leave TVP out (avdigits) nothing else would make align wait for it.
+ALIGN_INPUTS = $(RUNS)/%/ckpt/visual.pt $$(call listeners,$$*) $$(call stage_cfg,$$*,align)
+$(RUNS)/%/ckpt/align.pt: $(ALIGN_INPUTS)
 	$(PCAS) align --run $(RUNS)/$* $(PRESET)
 
 $(RUNS)/%/ckpt/refine.pt: $(RUNS)/%/ckpt/align.pt $$(call stage_cfg,$$*,refine)
@@ -249,7 +250,7 @@ reproduce-seg: $(REPRODUCE) $(RUNS)/synth-avss/metrics/seg.json
 # (CMPC / CMCC on or off); with a module off only the classification loss trains. So rows differ in their modules,
 # not in their training length (the full PCAS row is align.pt -> refine.pt). align-nocmc.pt is the align stage
 # without CMC.
-$(RUNS)/%/ckpt/align-nocmc.pt: $(RUNS)/%/ckpt/visual.pt $$(call listeners,$$*) $$(call stage_cfg,$$*,align)
+$(RUNS)/%/ckpt/align-nocmc.pt: $(ALIGN_INPUTS)
 	$(PCAS) align --run $(RUNS)/$* --name align-nocmc --no-cmc $(PRESET)
 # refine variants: name -> the checkpoint it starts from, and its module flags
 ABL_INIT_none = align-nocmc
@@ -272,10 +273,9 @@ ABL_FLAGS_cmc-cmcc = --cmc --no-cmpc --cmcc
 TABLE4_SEEDS ?= 0
 EXTRA_SEEDS = $(filter-out 0,$(TABLE4_SEEDS))
 define SEEDED_ALIGN
-$$(RUNS)/%/ckpt/align-s$(1).pt: $$(RUNS)/%/ckpt/visual.pt $$$$(call listeners,$$$$*) $$$$(call stage_cfg,$$$$*,align)
+$$(RUNS)/%/ckpt/align-s$(1).pt: $$(ALIGN_INPUTS)
 	$$(PCAS) align --run $$(RUNS)/$$* --name align-s$(1) --seed $(1) $$(PRESET)
-$$(RUNS)/%/ckpt/align-nocmc-s$(1).pt: $$(RUNS)/%/ckpt/visual.pt $$$$(call listeners,$$$$*) \
-		$$$$(call stage_cfg,$$$$*,align)
+$$(RUNS)/%/ckpt/align-nocmc-s$(1).pt: $$(ALIGN_INPUTS)
 	$$(PCAS) align --run $$(RUNS)/$$* --name align-nocmc-s$(1) --no-cmc --seed $(1) $$(PRESET)
 $$(RUNS)/%/ckpt/refine-s$(1).pt: $$(RUNS)/%/ckpt/align-s$(1).pt $$$$(call stage_cfg,$$$$*,refine)
 	$$(PCAS) refine --run $$(RUNS)/$$* --name refine-s$(1) --init align-s$(1) --seed $(1) $$(PRESET)

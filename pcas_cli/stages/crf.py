@@ -228,9 +228,6 @@ class Choice:
     bg_threshold: float | None = None  # None: the predictions' background is left as it is
     record: dict[str, Any] | None = None  # stored in the provenance as "crf_choice"
 
-    def bg_factor(self, made_with: float | None) -> float:
-        return bg_factor(self.bg_threshold, made_with)
-
 
 def bg_factor(threshold: float | None, made_with: float | None) -> float:
     """exp(b - b0): how `with_background` moves predictions made with threshold b0 to threshold b (1 when either is
@@ -333,7 +330,7 @@ def run(cfg: CRFConfig) -> Path:
             CONSOLE.print(f"resuming {cfg.out}: {writer.start} of {len(preds)} clips already refined")
         task = bar.add_task(f"crf {choice.kernel}", total=len(preds), completed=writer.start, info=f"{workers} proc")
         for record in refined_clips(feats, preds, rows, writer.start, choice.params, workers, cfg.present_eps,
-                                    choice.bg_factor(made_with)):
+                                    bg_factor(choice.bg_threshold, made_with)):
             writer.append(**record)
             bar.advance(task)
     feats.close()
