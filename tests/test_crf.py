@@ -264,15 +264,19 @@ def test_stage_refuses_mismatched_artifacts(tmp_path):
     other_ids = _predictions(tmp_path / "ids.h5", ids=("c0", "c1", "zz"))
     with pytest.raises(PcasError, match=r"ids\.h5.*clip ids differ"):
         run(_cfg(feats, other_ids, tmp_path / "a.h5"))
+    # pcas eval scores the output clip by clip in the features' order, so the CRF refuses any other order too.
+    reordered = _predictions(tmp_path / "order.h5", ids=("c1", "c0", "c2"))
+    with pytest.raises(PcasError, match=r"order\.h5.*another order"):
+        run(_cfg(feats, reordered, tmp_path / "e.h5"))
     other_size = _predictions(tmp_path / "size.h5", size=8)
-    with pytest.raises(PcasError, match=r"size\.h5.*H=8"):
+    with pytest.raises(PcasError, match=r"size\.h5.*dimension H = 8"):
         run(_cfg(feats, other_size, tmp_path / "b.h5"))
     stale = _predictions(tmp_path / "stale.h5", inputs={str(feats): "0" * 64})
     with pytest.raises(PcasError, match="stale"):
         run(_cfg(feats, stale, tmp_path / "c.h5"))
     with pytest.raises(PcasError, match="preset"):
         run(_cfg(feats, _predictions(tmp_path / "ok.h5"), tmp_path / "d.h5", preset="nope"))
-    assert not list(tmp_path.glob("[abcd].h5*"))
+    assert not list(tmp_path.glob("[abcde].h5*"))
 
 
 def test_stage_config_file_loads():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -19,6 +19,9 @@ from pcas_cli.artifacts import ArtifactReader, read_features
 from pcas_cli.console import CONSOLE, progress
 from pcas_cli.errors import PcasError, fail
 from pcas_cli.provenance import check_inputs
+
+if TYPE_CHECKING:
+    from pcas_cli.models.audio import AudioOutput
 
 
 @dataclass(frozen=True)
@@ -274,6 +277,14 @@ def visual_prompts(visual: nn.Module, frames: Tensor, batch: int = 64) -> Tensor
     return torch.cat(out)
 
 
+def hear(audio: nn.Module, clip: dict[str, np.ndarray], prompt: Tensor | None, device: torch.device) -> AudioOutput:
+    """The audio encoder's output on one clip (its "fbank" and "frame_valid"), prompted by (1, T, Dv) TVP prompts
+    or None."""
+    fbank = torch.from_numpy(clip["fbank"].astype(np.float32)).to(device)[None]  # (1, frames, mel)
+    valid = torch.from_numpy(clip["frame_valid"]).to(device)[None]  # (1, T)
+    return audio(fbank, visual_prompt=prompt, second_valid=valid)
+
+
 @dataclass
 class AudioCache:
     """Per-second audio tokens a_t and sounding-class probabilities of every clip of one split (frozen listener).
@@ -301,14 +312,12 @@ def build_audio_cache(features: ArtifactReader, audio: nn.Module, prompt_visual:
         task = bar.add_task(desc, total=len(features), info="")
         for i in range(len(features)):
             clip = features.clip(i, ("frames", "fbank", "frame_valid"))
-            valid = torch.from_numpy(clip["frame_valid"]).to(device)[None]
-            fbank = torch.from_numpy(clip["fbank"].astype(np.float32)).to(device)[None]
             prompt = None
             if prompt_visual is not None:
                 other = (i + prompt_shift) % len(features)
                 frames = clip["frames"] if other == i else features.read("frames", other)
                 prompt = visual_prompts(prompt_visual, frames_to_tensor(frames, device))[None]
-            out = audio(fbank, visual_prompt=prompt, second_valid=valid)
+            out = hear(audio, clip, prompt, device)
             tokens.append(out.tokens[0].float().cpu())
             probs.append(torch.sigmoid(out.logits[0].float()).cpu())
             bar.advance(task)

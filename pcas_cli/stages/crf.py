@@ -36,7 +36,7 @@ from pcas_cli.console import CONSOLE, progress
 from pcas_cli.crf import CRFParams, crf_many, get_preset, resolve_workers
 from pcas_cli.errors import fail
 from pcas_cli.metrics import BinaryMIoU, SemanticScores
-from pcas_cli.provenance import check_input_file, check_made_alike, make_provenance
+from pcas_cli.provenance import check_made_alike, make_provenance
 from pcas_cli.seed import seed_everything
 from pcas_cli.stages.evaluate import check_compatible
 
@@ -142,22 +142,6 @@ def present_channels(probs: np.ndarray, eps: float) -> list[int]:
     return [int(c) + 1 for c in np.flatnonzero(peak > eps)]
 
 
-def check_pair(feats: ArtifactReader, preds: ArtifactReader) -> dict[str, int]:
-    """Refuse a predictions artifact that does not describe the features' clips and frames; map clip id -> row."""
-    for dim in ("T", "H", "W"):
-        if feats.dims.get(dim) != preds.dims.get(dim):
-            raise fail(preds.path, f"{dim}={preds.dims.get(dim)} but the features {feats.path} have "
-                                   f"{dim}={feats.dims.get(dim)}")
-    feat_rows = {cid: i for i, cid in enumerate(feats.clip_ids())}
-    pred_ids = preds.clip_ids()
-    missing = [cid for cid in pred_ids if cid not in feat_rows]
-    if missing or len(set(pred_ids)) != len(feat_rows):
-        extra = sorted(set(feat_rows) - set(pred_ids))
-        raise fail(preds.path, f"clip ids differ from the features {feats.path}: {len(missing)} unknown "
-                               f"(e.g. {missing[:3]}), {len(extra)} not predicted (e.g. {extra[:3]})")
-    return feat_rows
-
-
 def _provenance(cfg: CRFConfig, params: CRFParams | None, inputs: dict[str, str], choice: dict[str, Any] | None
                 ) -> dict:
     config = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_RECORDED}
@@ -168,14 +152,14 @@ def _provenance(cfg: CRFConfig, params: CRFParams | None, inputs: dict[str, str]
     return prov
 
 
-def _frames(feats: ArtifactReader, preds: ArtifactReader, rows: dict[str, int], start: int, eps: float,
-            bg_factor: float, queue: collections.deque[_Clip]) -> Iterator[tuple[np.ndarray, np.ndarray, list[int]]]:
-    """CRF jobs for clips start.. in predictions order; each clip is queued before its first frame is yielded."""
+def _frames(feats: ArtifactReader, preds: ArtifactReader, start: int, eps: float, bg_factor: float,
+            queue: collections.deque[_Clip]) -> Iterator[tuple[np.ndarray, np.ndarray, list[int]]]:
+    """CRF jobs for clips start.. (the same clips in the same order in both files: check_compatible); each clip is
+    queued before its first frame is yielded."""
     for i in range(start, len(preds)):
         record = preds.clip(i)
-        fi = rows[record["clip_id"]]
-        frames = feats.read("frames", fi)  # (T, H, W, 3) uint8
-        valid = np.flatnonzero(feats.read("frame_valid", fi)).tolist()
+        frames = feats.read("frames", i)  # (T, H, W, 3) uint8
+        valid = np.flatnonzero(feats.read("frame_valid", i)).tolist()
         record["scores"] = record["scores"].astype(np.float32)  # (T, K, H, W); written back as float16
         record["masks"] = record["masks"].copy()  # (T, H, W)
         clip = _Clip(record, valid)
@@ -185,9 +169,8 @@ def _frames(feats: ArtifactReader, preds: ArtifactReader, rows: dict[str, int], 
             yield frames[t], probs, present_channels(probs, eps)
 
 
-def refined_clips(feats: ArtifactReader, preds: ArtifactReader, rows: dict[str, int], start: int,
-                  params: CRFParams | None, workers: int, eps: float, bg_factor: float = 1.0
-                  ) -> Iterator[dict[str, Any]]:
+def refined_clips(feats: ArtifactReader, preds: ArtifactReader, start: int, params: CRFParams | None, workers: int,
+                  eps: float, bg_factor: float = 1.0) -> Iterator[dict[str, Any]]:
     """The predictions' clip records from `start` on, in order, with the background probability of every valid
     frame scaled by `bg_factor` (`with_background`), then refined by the CRF (params None: no CRF; both at their
     defaults: the records unchanged)."""
@@ -195,7 +178,7 @@ def refined_clips(feats: ArtifactReader, preds: ArtifactReader, rows: dict[str, 
         yield from (preds.clip(i) for i in range(start, len(preds)))
         return
     queue: collections.deque[_Clip] = collections.deque()
-    jobs = _frames(feats, preds, rows, start, eps, bg_factor, queue)
+    jobs = _frames(feats, preds, start, eps, bg_factor, queue)
     if params is None:
         results: Iterator[np.ndarray] = (probs for _, probs, _ in jobs)
     else:
@@ -211,11 +194,11 @@ def refined_clips(feats: ArtifactReader, preds: ArtifactReader, rows: dict[str, 
         yield queue.popleft().record
 
 
-def _open_pair(features: Path, predictions: Path) -> tuple[ArtifactReader, ArtifactReader, dict[str, int]]:
+def _open_pair(features: Path, predictions: Path) -> tuple[ArtifactReader, ArtifactReader, str]:
+    """Both artifacts, refused (one line naming the predictions) unless they describe the same clips, in the same
+    order, with the same frames (the checks of `pcas eval`, which scores the output); and the task."""
     feats, preds = read_features(features), read_predictions(predictions)
-    rows = check_pair(feats, preds)
-    check_input_file(predictions, preds.provenance.get("inputs", {}), features, feats.artifact_id)
-    return feats, preds, rows
+    return feats, preds, check_compatible(feats, preds)
 
 
 @dataclass(frozen=True)
@@ -237,14 +220,14 @@ def bg_factor(threshold: float | None, made_with: float | None) -> float:
     return float(np.exp(threshold - made_with))
 
 
-def _val_miou(feats: ArtifactReader, preds: ArtifactReader, rows: dict[str, int], semantic: bool,
+def _val_miou(feats: ArtifactReader, preds: ArtifactReader, semantic: bool,
               params: CRFParams | None, workers: int, eps: float, bg_factor: float,
               advance: Callable[[], Any]) -> float:
     """Val mIoU (the task's official metric; binary tasks on foreground vs background, as `pcas eval`) of the val
     predictions refined with these settings."""
     acc = SemanticScores(int(preds.dims["K"])) if semantic else BinaryMIoU()
-    for record in refined_clips(feats, preds, rows, 0, params, workers, eps, bg_factor):
-        gt = feats.clip(rows[record["clip_id"]], ("masks", "mask_valid"))
+    for i, record in enumerate(refined_clips(feats, preds, 0, params, workers, eps, bg_factor)):
+        gt = feats.clip(i, ("masks", "mask_valid"))
         pred, truth = record["masks"][gt["mask_valid"]], gt["masks"][gt["mask_valid"]]
         if semantic:
             acc.update(pred, truth)
@@ -269,9 +252,9 @@ def choose_on_val(cfg: CRFConfig, workers: int, made: dict[str, Any]) -> tuple[C
         if not path.exists():
             raise fail(path, "not found: choose_on_val needs the val split's features and predictions next to "
                              "the ones refined (or pass --set choose_on_val=false)")
-    feats, preds, rows = _open_pair(val_feats, val_preds)
+    feats, preds, task = _open_pair(val_feats, val_preds)
     check_made_alike(cfg.predictions, val_preds, made, preds.provenance)
-    semantic = check_compatible(feats, preds) == "semantic"
+    semantic = task == "semantic"
     b0 = made_with_threshold(preds)
     # thresholds to try: the one the predictions were made with first (ties keep it), then the others, nearest first
     thresholds: list[float | None] = [None] if b0 is None else \
@@ -281,7 +264,7 @@ def choose_on_val(cfg: CRFConfig, workers: int, made: dict[str, Any]) -> tuple[C
     with feats, preds, progress(transient=True) as bar:
         job = bar.add_task("crf: choosing on val", total=len(grid) * len(preds), info="")
         for name, b in grid:
-            miou[(name, b)] = _val_miou(feats, preds, rows, semantic, kernels[name], workers, cfg.present_eps,
+            miou[(name, b)] = _val_miou(feats, preds, semantic, kernels[name], workers, cfg.present_eps,
                                         bg_factor(b, b0), lambda: bar.advance(job))
         inputs = {str(val_feats): feats.artifact_id, str(val_preds): preds.artifact_id}
     kernel, bg = max(grid, key=lambda kb: miou[kb])  # ties: the earlier kernel ("none" first), then the nearer b
@@ -312,7 +295,7 @@ def run(cfg: CRFConfig) -> Path:
     """Refine `cfg.predictions` with the frames of `cfg.features`; write `cfg.out`."""
     seed_everything(cfg.seed)
     workers = resolve_workers(cfg.workers)
-    feats, preds, rows = _open_pair(cfg.features, cfg.predictions)
+    feats, preds, _ = _open_pair(cfg.features, cfg.predictions)
     inputs = {str(cfg.features): feats.artifact_id, str(cfg.predictions): preds.artifact_id}
     if cfg.choose_on_val:
         choice, val_inputs = choose_on_val(cfg, workers, preds.provenance)
@@ -329,7 +312,7 @@ def run(cfg: CRFConfig) -> Path:
         if writer.start:
             CONSOLE.print(f"resuming {cfg.out}: {writer.start} of {len(preds)} clips already refined")
         task = bar.add_task(f"crf {choice.kernel}", total=len(preds), completed=writer.start, info=f"{workers} proc")
-        for record in refined_clips(feats, preds, rows, writer.start, choice.params, workers, cfg.present_eps,
+        for record in refined_clips(feats, preds, writer.start, choice.params, workers, cfg.present_eps,
                                     bg_factor(choice.bg_threshold, made_with)):
             writer.append(**record)
             bar.advance(task)

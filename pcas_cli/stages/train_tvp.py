@@ -37,7 +37,7 @@ from pcas_cli.provenance import make_provenance
 from pcas_cli.seed import seed_everything
 from pcas_cli.stages._common import (AudioModelConfig, audio_architecture, audio_from_checkpoint, build_audio,
                                      check_fresh, data_spec, feature_key, features_path, frame_classes_from_masks,
-                                     frames_to_tensor, load_state, open_features, resolve_device, run_paths,
+                                     frames_to_tensor, hear, load_state, open_features, resolve_device, run_paths,
                                      stage_config, visual_from_checkpoint, visual_prompts)
 from pcas_cli.training.data import AugmentConfig, ClipDataset, heard_labels
 from pcas_cli.training.loop import OptimConfig, Resume, TrainTask, fit
@@ -95,11 +95,9 @@ def listener_probs(audio: nn.Module, features: ArtifactReader, prompts: Tensor |
     audio = audio.to(device).eval()
     probs = []
     for i in range(len(features)):
-        clip = features.clip(i, ("fbank", "frame_valid"))
-        fbank = torch.from_numpy(clip["fbank"].astype(np.float32)).to(device)[None]
-        valid = torch.from_numpy(clip["frame_valid"]).to(device)[None]
         prompt = None if prompts is None else prompts[i:i + 1].to(device)
-        probs.append(torch.sigmoid(audio(fbank, visual_prompt=prompt, second_valid=valid).logits[0]).cpu())
+        out = hear(audio, features.clip(i, ("fbank", "frame_valid")), prompt, device)
+        probs.append(torch.sigmoid(out.logits[0]).cpu())
     return torch.stack(probs)
 
 
