@@ -21,11 +21,12 @@ export PCAS_TIMINGS := $(abspath data/timings.jsonl)
 # afresh (pcas_cli/training/loop.py, Resume). Override with PCAS_RESUME=false.
 export PCAS_RESUME ?= auto
 
-.PHONY: help install lock test test-slow test-gpu reproduce reproduce-ablations reproduce-seg results bench bench-avdigits bench-avdigits-seg clean-runs
+.PHONY: help install lock test test-slow test-gpu demo reproduce reproduce-ablations reproduce-seg results bench bench-avdigits bench-avdigits-seg clean-runs
 .DELETE_ON_ERROR:
 .SECONDARY:
 
 help:
+	@echo "make demo                 a small embedded data set -> all stages -> results/demo.md, in minutes"
 	@echo "make reproduce            embedded synthetic data -> all stages -> results/ (Tables 1-3, timings)"
 	@echo "make reproduce-ablations  Table 4: every combination of CMC / CMPC / CMCC on the AVSS-layout data"
 	@echo "                          (TABLE4_SEEDS=\"0 1 2\": each row trained with each seed; mean and std per row)"
@@ -318,6 +319,15 @@ ablation_metrics = $(foreach a,$(ABLATIONS) $(SEEDED_ABLATIONS),$(RUNS)/$(1)/met
 
 reproduce-ablations: $(REPRODUCE) $(call ablation_metrics,synth-avss)
 	$(PCAS) report --runs $(RUNS) --out results --table4-seeds $(call current_table4,synth-avss)
+
+# ---- demo: Tables 2-3 on a small embedded AVSS-layout data set, in minutes (stages/presets/demo.toml) ----------
+$(RAW)/demo-%/.complete: stages/synth.toml $(SECTIONS)/demo/synth.json | $(STAMP)
+	$(PCAS) synth --layout $* --root $(RAW)/demo-$* --preset demo
+	touch $@
+DEMO = $(call run_metrics,demo-avss,$(WEAK_METRICS) visible supervised supervised-crf oracle-listener)
+
+demo: $(DEMO)
+	$(PCAS) report --runs $(RUNS) --out results --prefix demo --table4-seeds ""
 
 # ---- AV-Digits: the same tables on real handwriting and real speech --------------------------------------------
 AVD_REPRODUCE = $(call run_metrics,avdigits-s4,$(WEAK_METRICS)) $(call run_metrics,avdigits-ms3,$(WEAK_METRICS)) \

@@ -94,6 +94,28 @@ def test_a_data_set_preset_applies_to_its_runs_only(tmp_path: Path) -> None:
     assert "pcas align --run data/runs/synth-avss" in listed and "--preset" not in listed
 
 
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make not installed")
+def test_demo_runs_every_table_2_3_stage_with_its_preset_and_its_data_follow_the_synth_section(tmp_path: Path) -> None:
+    """`make demo`: the demo-avss run, from `pcas synth --preset demo` to every Table 2/3 score, every stage that
+    takes a preset given --preset demo; editing the preset's [synth] section regenerates the data and reruns all."""
+    _up_to_date_tree(tmp_path, "demo")
+    every = _dry_run(tmp_path, "demo", "-B")
+    assert "pcas synth --layout avss --root data/raw/demo-avss --preset demo" in every
+    for stage in ("extract", "train-visual", "train-tvp", "align", "refine", "pseudo-label", "diagnose",
+                  "train-supervised"):
+        assert re.search(rf"pcas {stage} .*--run data/runs/demo-avss.* --preset demo", every), stage
+    assert "synth-" not in every and "refine-cmpc" not in every  # one run; no Table 4 rows
+    for name in ("pcas", "pcas-crf", "cam", "similarity", "supervised", "supervised-crf", "visible"):
+        assert f"--out data/runs/demo-avss/metrics/{name}.json" in every, name
+    assert _dry_run(tmp_path, "demo") == ""
+    preset = tmp_path / "stages" / "presets" / "demo.toml"
+    edited = preset.read_text().replace("\nvideos = 96\n", "\nvideos = 95\n", 1)
+    assert edited != preset.read_text(), "the test expects videos = 96 in the demo preset's [synth] section"
+    preset.write_text(edited)
+    after = _dry_run(tmp_path, "demo")
+    assert "pcas synth --layout avss" in after and "pcas train-visual --run data/runs/demo-avss" in after
+
+
 def _edit_align_section(root: Path) -> None:
     preset = root / "stages" / "presets" / "avdigits.toml"
     text = preset.read_text()
