@@ -96,16 +96,17 @@ def test_a_data_set_preset_applies_to_its_runs_only(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="GNU make not installed")
 def test_demo_runs_every_table_2_3_stage_with_its_preset_and_its_data_follow_the_synth_section(tmp_path: Path) -> None:
-    """`make demo`: the demo-avss run, from `pcas synth --preset demo` to every Table 2/3 score, every stage that
-    takes a preset given --preset demo; editing the preset's [synth] section regenerates the data and reruns all."""
+    """`make demo`: the demo-avss run, from `pcas synth --preset demo` to every weakly supervised Table 2/3 score,
+    every stage that takes a preset given --preset demo; editing the preset's [synth] section regenerates the data and
+    reruns all."""
     _up_to_date_tree(tmp_path, "demo")
     every = _dry_run(tmp_path, "demo", "-B")
     assert "pcas synth --layout avss --root data/raw/demo-avss --preset demo" in every
-    for stage in ("extract", "train-visual", "train-tvp", "align", "refine", "pseudo-label", "diagnose",
-                  "train-supervised"):
+    for stage in ("extract", "train-visual", "train-tvp", "align", "refine", "pseudo-label", "diagnose"):
         assert re.search(rf"pcas {stage} .*--run data/runs/demo-avss.* --preset demo", every), stage
-    assert "synth-" not in every and "refine-cmpc" not in every  # one run; no Table 4 rows
-    for name in ("pcas", "pcas-crf", "cam", "similarity", "supervised", "supervised-crf", "visible"):
+    # one run; no Table 4 rows, no fully supervised bound
+    assert "synth-" not in every and "refine-cmpc" not in every and "supervised" not in every
+    for name in ("pcas", "pcas-crf", "cam", "cam-crf", "similarity", "visible", "oracle-listener"):
         assert f"--out data/runs/demo-avss/metrics/{name}.json" in every, name
     assert _dry_run(tmp_path, "demo") == ""
     preset = tmp_path / "stages" / "presets" / "demo.toml"
