@@ -304,6 +304,18 @@ def test_the_bound_with_the_crf_is_pcas_crf_like_for_like_reference(tmp_path: Pa
         == {"value": pytest.approx(0.7), "ci95": [pytest.approx(0.7), pytest.approx(0.7)]}
 
 
+def test_a_run_without_the_bound_gets_no_share_of_bound_column(tmp_path: Path, monkeypatch) -> None:
+    runs = tmp_path / "runs"
+    _metrics(runs / "x-avss/metrics/pcas.json", 0.4, 0.45, clip_iou=[0.5, 0.3])
+    _metrics(runs / "x-avss/metrics/cam.json", 0.25, 0.3, clip_iou=[0.35, 0.15])
+    monkeypatch.chdir(tmp_path)
+    text = run(ReportConfig(runs=runs, out=tmp_path / "results", prefix="x", timings=tmp_path / "none.jsonl",
+                            update_readme=False)).read_text()
+    assert "| Training setting | Method | F-score | mIoU | mIoU 95% CI | mIoU (present classes) |\n|---|---|---|---|---|---|\n" \
+        in text
+    assert "| Weakly supervised | PCAS | 45.00 | 40.00 | 30.00 .. 50.00 | 40.00 |\n" in text and "upper bound" not in text
+
+
 def test_table3_names_the_listeners_the_masks_hear_with(tmp_path) -> None:
     """The last Table 3 row follows metrics/listeners.json: TVP x AST by default, AST alone under the avdigits preset."""
     from pcas_cli.stages.report import heard_row
