@@ -104,10 +104,10 @@ def _pick(m: dict[str, Any]) -> dict[str, Any]:
 def table2(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
     run = f"{cfg.prefix}-avss"
     sup = metrics_of(cfg.runs, run, "supervised")
-    # a run without the fully supervised bound (`make demo`) gets no column of shares of it
-    share_column = sup is not None
-    lines = ["| Training setting | Method | F-score | mIoU | mIoU 95% CI | mIoU (present classes) |"
-             + (" % of upper bound mIoU |" if share_column else ""), "|---|---|---|---|---|---|" + "---|" * share_column]
+    header = ["Training setting", "Method", "F-score", "mIoU", "mIoU 95% CI", "mIoU (present classes)"]
+    if sup is not None:  # a run without the fully supervised bound (`make demo`) gets no column of shares of it
+        header.append("% of upper bound mIoU")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     data: dict[str, Any] = {}
     rows = [("supervised", "Fully supervised", "same backbone + FPN decoder + audio gate (upper bound)"),
             ("supervised-crf", "Fully supervised", "upper bound + CRF (PCAS + CRF's like-for-like reference)")] + \
@@ -123,9 +123,11 @@ def table2(cfg: ReportConfig) -> tuple[list[str], dict[str, Any]]:
         rel = m["miou"] / sup["miou"] if sup and sup["miou"] > 0 else None
         data[key] = {**_pick(m), "relative_to_supervised": rel}
         ci = m.get("miou_ci95")  # metrics written before 2026-12-03 have none
-        lines.append(f"| {setting} | {label} | {_pct(m['fscore'])} | {_pct(m['miou'])} | "
-                     f"{'–' if ci is None else f'{_pct(ci[0])} .. {_pct(ci[1])}'} | {_pct(m.get('miou_present'))} |"
-                     + (f" {'–' if rel is None else f'{100 * rel:.1f}%'} |" if share_column else ""))
+        cells = [setting, label, _pct(m["fscore"]), _pct(m["miou"]),
+                 "–" if ci is None else f"{_pct(ci[0])} .. {_pct(ci[1])}", _pct(m.get("miou_present"))]
+        if sup is not None:
+            cells.append("–" if rel is None else f"{100 * rel:.1f}%")
+        lines.append("| " + " | ".join(cells) + " |")
     if not found:
         return [], {}
     comparisons, data["paired"] = paired_comparisons(found)
